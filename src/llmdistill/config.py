@@ -1,0 +1,142 @@
+"""The one source of defaults: pydantic models of a run, read from YAML, overridden by flags."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llmdistill.errors import UsageError
+
+TWEET_LABELS: dict[str, str] = {
+    "negative": "the author expresses a negative feeling or opinion: complaint, sadness, anger",
+    "neutral": "no clear positive or negative feeling: facts, news, questions, plain statements",
+    "positive": "the author expresses a positive feeling or opinion: joy, praise, gratitude",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the texts come from and how they are split."""
+
+    source: str = Field("tweets", description="embedded dataset name or a CSV/JSONL/Parquet path")
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = Field(None, description="label set; inferred from gold if unset")
+    split_seed: int = 13
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_train: int | None = Field(1200, description="seeded stratified subsample of train")
+    max_validation: int | None = 200
+    max_test: int | None = 600
+
+
+class TeacherConfig(_Strict):
+    """The LLM that labels: which model, and the prompt it sees."""
+
+    spec: str = Field("qwen2.5-1.5b", description="embedded name, llamacpp:PATH.gguf, hf:ID_OR_PATH")
+    task: str = "Classify the sentiment that the author of the tweet expresses."
+    label_descriptions: dict[str, str] = Field(default_factory=lambda: dict(TWEET_LABELS))
+    n_demos: int = Field(6, description="few-shot demonstrations from the training split")
+    demo_seed: int = 7
+    n_ctx: int = 2048
+    n_threads: int | None = Field(None, description="CPU threads; all cores if unset")
+    max_text_chars: int = 1000
+
+
+class StudentConfig(_Strict):
+    """The small encoder and its distillation recipe."""
+
+    model: str = Field("minilm-l6", description="embedded name, HF id or local folder")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft (KL) term")
+    temperature: float = Field(2.0, gt=0.0)
+    epochs: int = 6
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_length: int = 128
+    seed: int = 42
+    early_stopping_patience: int = 2
+    threads: int | None = None
+
+
+class EvaluateConfig(_Strict):
+    """How the report is computed."""
+
+    bootstrap: int = 1000
+    ci: float = 0.95
+    collapse_ratio: float = Field(0.6, description="warn when predicted share < ratio × gold share")
+    speed_texts: int = 256
+    speed_batch: int = 64
+
+
+class RunConfig(_Strict):
+    """A whole run: data → teacher → student → evaluation."""
+
+    out: Path = Path("runs/demo")
+    cache_dir: Path | None = Field(None, description="annotation cache; $LLMDISTILL_CACHE or ~/.cache")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _path(cls, v: Any) -> Any:
+        return Path(v) if isinstance(v, str) else v
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or user_cache_dir()
+
+
+def quick() -> RunConfig:
+    """`--quick`: the small teacher and a few hundred tweets, for a look in minutes."""
+    cfg = RunConfig(out=Path("runs/quick"))
+    cfg.teacher.spec = "smollm2-135m"
+    cfg.data.max_train, cfg.data.max_validation, cfg.data.max_test = 300, 100, 200
+    cfg.student.epochs = 3
+    return cfg
+
+
+def user_cache_dir() -> Path:
+    """Where joined model files and the annotation cache live."""
+    root = os.environ.get("LLMDISTILL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llmdistill"
+    )
+    return Path(root)
+
+
+def load_config(path: Path | None, base: RunConfig | None = None) -> RunConfig:
+    """Read a YAML run config on top of `base` (the defaults); unknown keys are errors."""
+    base = base or RunConfig()
+    if path is None:
+        return base
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} not found: check the path") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"config file {path} is not valid YAML ({e}): fix its syntax") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"config file {path} must be a mapping of options")
+    merged = _deep_merge(base.model_dump(mode="json"), raw)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UsageError(f"config {path}: {where}: {err['msg']}") from None
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
