@@ -70,11 +70,15 @@ class StudentConfig(_Strict):
 class EvaluateConfig(_Strict):
     """How the report is computed."""
 
-    bootstrap: int = 1000
-    ci: float = 0.95
+    bootstrap: int = Field(1000, description="bootstrap resamples for every interval")
+    ci: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: int = Field(0, description="bootstrap seed: the same resamples for every model")
+    significance: float = Field(0.05, description="McNemar level for calling a difference")
+    ece_bins: int = 15
     collapse_ratio: float = Field(0.6, description="warn when predicted share < ratio × gold share")
     speed_texts: int = 256
     speed_batch: int = 64
+    latency_samples: int = 50
 
 
 class RunConfig(_Strict):
