@@ -294,6 +294,7 @@ def evaluate_predictions(
         "student_vs_teacher": None,
         "teacher_not_ok": None,
         "warnings": [],
+        "settings": cfg.model_dump(),
         "info": info,
     }
     preds = {}

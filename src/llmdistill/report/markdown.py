@@ -1,0 +1,249 @@
+"""The report a person reads: metrics.json in, report.md and a terminal table out.
+
+Every accuracy and macro-F1 carries its bootstrap interval; every comparison says whether the
+difference is significant. `info` (from the caller) is optional throughout: a missing number is
+shown as "—", never invented.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from llmdistill.evaluate import NO_ANSWER
+
+DASH = "—"
+
+
+def _pct(iv: dict) -> str:
+    return f"{100 * iv['value']:.1f}% [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
+
+
+def _f1(iv: dict) -> str:
+    return f"{iv['value']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+
+
+def _count(n: float | None) -> str:
+    if n is None:
+        return DASH
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def _model(metrics: dict, who: str) -> dict:
+    return metrics.get("info", {}).get(who) or {}
+
+
+def _relative_size(metrics: dict) -> str:
+    """Student size as a fraction of the teacher's: parameters if both known, else bytes."""
+    t, s = _model(metrics, "teacher"), _model(metrics, "student")
+    for num, den in ((s.get("parameters"), t.get("parameters")),
+                     ((s.get("size") or {}).get("bytes"), (t.get("size") or {}).get("bytes"))):
+        if num and den:
+            r = num / den
+            return f"1/{round(1 / r):,} of the teacher" if r < 0.1 else f"{r:.0%} of the teacher"
+    return DASH
+
+
+def summary_rows(metrics: dict) -> list[dict]:
+    """The seed's table: gold, teacher, student and the majority-class baseline."""
+    rows = [{"model": f"gold labels (n = {metrics['n']})", "parameters": "human",
+             "accuracy": "reference", "macro-F1": "reference", "relative size": DASH}]
+    for who in ("teacher", "student"):
+        m, info = metrics.get(who), _model(metrics, who)
+        if m:
+            rows.append({"model": f"{who}: {info.get('name', '?')}",
+                         "parameters": _count(info.get("parameters")),
+                         "accuracy": _pct(m["accuracy"]), "macro-F1": _f1(m["macro_f1"]),
+                         "relative size": "reference" if who == "teacher"
+                         else _relative_size(metrics)})
+    maj = metrics["majority"]
+    rows.append({"model": f"majority class ({maj['label']})", "parameters": "0",
+                 "accuracy": _pct(maj["accuracy"]), "macro-F1": _f1(maj["macro_f1"]),
+                 "relative size": DASH})
+    return rows
+
+
+def verdict(metrics: dict) -> str | None:
+    """The paired test in one sentence, or None without both models."""
+    c = metrics.get("student_vs_teacher")
+    if not c:
+        return None
+    words = {"a_better": "significantly better than", "b_better": "significantly worse than",
+             "no significant difference": "not significantly different from"}[c["verdict"]]
+    d = c["accuracy_difference"]
+    return (f"The student is {words} the teacher ({_p(c['p_value'])}, McNemar exact: only the "
+            f"student is right on {c['b']} texts, only the teacher on {c['c']}). Student − "
+            f"teacher accuracy: {100 * d['value']:+.1f} points "
+            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}].")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _per_class(m: dict) -> str:
+    return _table(
+        ["class", "gold share", "predicted share", "precision", "recall", "F1", "support"],
+        [[lab, f"{c['gold_share']:.1%}", f"{c['predicted_share']:.1%}", f"{c['precision']:.3f}",
+          f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
+         for lab, c in m["per_class"].items()],
+    )
+
+
+def _confusion(matrix: list[list[int]], rows: list[str], cols: list[str], corner: str) -> str:
+    return _table([corner, *cols], [[r, *line] for r, line in zip(rows, matrix, strict=True)])
+
+
+def _vs_gold(m: dict, labels: list[str], who: str) -> str:
+    matrix, cols = m["confusion"], list(labels)
+    if m.get("unanswered"):
+        matrix = [[*row, u] for row, u in zip(matrix, m["unanswered_by_gold"], strict=True)]
+        cols.append(NO_ANSWER)
+    return _confusion(matrix, labels, cols, f"gold ↓ / {who} →")
+
+
+def _speed_rows(metrics: dict) -> tuple[list[list[str]], list[str]]:
+    rows, hardware = [], []
+    for who in ("teacher", "student"):
+        info = _model(metrics, who)
+        if not info:
+            continue
+        sp, size = info.get("speed") or {}, info.get("size") or {}
+        lat = sp.get("latency_ms")
+        if "seconds_per_text" in sp:  # a teacher's measured annotation time
+            sp = {"throughput_texts_per_s": 1 / sp["seconds_per_text"], "batch": 1, **sp}
+        rows.append([f"{who}: {info.get('name', '?')}", _count(info.get("parameters")),
+                     f"{size['mb']:,.1f} MB" if size else DASH,
+                     f"{sp['throughput_texts_per_s']:,.1f} (batch {sp['batch']})"
+                     if "throughput_texts_per_s" in sp else DASH,
+                     " / ".join(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99")) if lat else DASH])
+        if hw := sp.get("hardware"):
+            hardware.append(f"{who}: {hw['cpu']}, {hw['cores']} cores, {hw['torch_threads']} "
+                            f"torch threads ({hw.get('platform', '?')}), {sp['n_texts']} texts")
+    return rows, hardware
+
+
+def render_markdown(metrics: dict) -> str:
+    """report.md: summary, paired test, warnings, per-class, confusion, calibration, speed."""
+    labels, s = metrics["labels"], metrics.get("settings", {})
+    teacher, student = metrics.get("teacher"), metrics.get("student")
+    out = [
+        "# llmdistill report",
+        f"{metrics['n']} test texts with gold labels; labels: {', '.join(labels)}. Intervals are "
+        f"{s.get('ci', 0.95):.0%} percentile-bootstrap intervals over texts "
+        f"({s.get('bootstrap', '?')} resamples).",
+        "## Summary",
+        _table(["model", "parameters", "accuracy", "macro-F1", "relative size"],
+               [list(r.values()) for r in summary_rows(metrics)]),
+    ]
+    if v := verdict(metrics):
+        c = metrics["student_vs_teacher"]
+        kappa = DASH if c["kappa"] is None else f"{c['kappa']:.2f}"
+        out.append(f"{v} Student and teacher agree on {c['agreement']:.1%} of texts "
+                   f"(Cohen's κ = {kappa}).")
+    if nok := metrics.get("teacher_not_ok"):
+        statuses = "".join(f", {k} {v}" for k, v in nok["by_status"].items())
+        out.append(f"Texts without a usable teacher answer: {nok['count']} of {metrics['n']}"
+                   f"{statuses} (counted as teacher errors, never dropped).")
+    out += ["## Warnings", "\n".join(f"- {w}" for w in metrics["warnings"]) or "None."]
+    out.append("## Per class")
+    for who, m in (("Teacher", teacher), ("Student", student)):
+        if m:
+            out += [f"### {who} vs gold", _per_class(m)]
+    out.append("## Confusion matrices")
+    for who, m in (("teacher", teacher), ("student", student)):
+        if m:
+            out += [f"### {who.capitalize()} vs gold", _vs_gold(m, labels, who)]
+    if c := metrics.get("student_vs_teacher"):
+        out += ["### Student vs teacher", _confusion(c["confusion"], c["confusion_labels"],
+                                                     c["confusion_labels"],
+                                                     "student ↓ / teacher →")]
+    calibrated = [(who, m) for who, m in (("teacher", teacher), ("student", student))
+                  if m and m.get("mean_confidence") is not None]
+    if calibrated:
+        out += ["## Calibration",
+                f"Expected calibration error over {s.get('ece_bins', 15)} equal-width bins of "
+                "top-class confidence (0 is perfect; texts without probabilities left out).",
+                _table(["model", "ECE", "mean confidence", "accuracy", "texts"],
+                       [[who, f"{m['ece']:.3f}", f"{m['mean_confidence']:.3f}",
+                         f"{m['accuracy']['value']:.3f}", m["calibrated_n"]]
+                        for who, m in calibrated])]
+    rows, hardware = _speed_rows(metrics)
+    if rows:
+        out += ["## Speed and size",
+                _table(["model", "parameters", "size on disk", "throughput (texts/s)",
+                        "latency p50 / p90 / p99 (ms, batch 1)"], rows)]
+        out += ["Measured on:\n" + "\n".join(f"- {h}" for h in hardware)] if hardware else []
+    if manifest := metrics.get("info", {}).get("manifest"):
+        out += ["## Manifest", "```json\n" + json.dumps(_clean(manifest), indent=2) + "\n```"]
+    return "\n\n".join(out) + "\n"
+
+
+def print_summary(metrics: dict, console: Console | None = None) -> None:
+    """The summary table, the verdict and the warnings (in yellow) on the terminal."""
+    console = console or Console()
+    rows = summary_rows(metrics)
+    table = Table(title=f"student vs teacher vs gold ({metrics['n']} texts)")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r.values())
+    console.print(table)
+    if v := verdict(metrics):
+        console.print(v)
+    for w in metrics["warnings"]:
+        console.print(f"warning: {w}", style="yellow", markup=False)
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: numpy scalars and arrays to Python, paths to strings, NaN to null."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return str(x) if isinstance(x, Path) else x
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(metrics: dict, out_dir: Path) -> dict[str, Path]:
+    """Write metrics.json and report.md into `out_dir`, each atomically; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean = _clean(metrics)
+    texts = {"metrics": json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+             "report": render_markdown(clean)}
+    paths = {"metrics": out_dir / "metrics.json", "report": out_dir / "report.md"}
+    for key, path in paths.items():
+        _write_atomic(path, texts[key])
+    return paths
