@@ -274,8 +274,10 @@ def evaluate_predictions(
 
     `teacher_df` (id, status, label, prob_<label>…) is aligned to `gold_df` by id; a row whose
     status is not "ok", or that is missing, is wrong for the teacher and counted in
-    `teacher_not_ok`. `student_probs` follows `gold_df`'s rows and the label order. `info`
-    (parameters, sizes, speed, manifest, given by the caller) is passed through untouched.
+    `teacher_not_ok`. `student_probs` follows `gold_df`'s rows and the label order. `info` is
+    passed through untouched; the report reads, each optional:
+    {"teacher"|"student": {"name", "parameters", "size": model_size(…),
+    "speed": measure_speed(…) or {"seconds_per_text"}}, "manifest": {…}}.
     """
     gold = gold_df["label"].astype(object).to_numpy()
     if bad := sorted(set(gold) - set(labels), key=str):

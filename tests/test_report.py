@@ -1,0 +1,122 @@
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from llmdistill.config import EvaluateConfig
+from llmdistill.evaluate import evaluate_predictions
+from llmdistill.report import markdown as md
+from llmdistill.report import print_summary, render_markdown, summary_rows, write_report
+
+LABELS = ["negative", "neutral", "positive"]
+SPEED = {"throughput_texts_per_s": 412.5, "batch": 64, "n_texts": 256,
+         "latency_ms": {"p50": 4.1, "p90": 5.2, "p99": 9.9}, "latency_samples": 50,
+         "hardware": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2, "platform": "Linux"}}
+
+
+def make_metrics(teacher: bool = True, no_answer: int = 0) -> dict:
+    """300 texts; the teacher under-predicts neutral, the student is a little worse."""
+    rng = np.random.default_rng(0)
+    gold = rng.choice(LABELS, 300, p=[0.3, 0.4, 0.3])
+    gold_df = pd.DataFrame({"id": range(300), "text": "t", "label": gold})
+    t_label = np.where((gold == "neutral") & (rng.random(300) < 0.6), "positive", gold)
+    teacher_df = pd.DataFrame({"id": range(300), "status": "ok", "label": t_label})
+    teacher_df.loc[: no_answer - 1, ["status", "label"]] = ["error", None]
+    s_idx = [LABELS.index(x) for x in np.where(rng.random(300) < 0.1, "negative", t_label)]
+    probs = np.eye(3)[s_idx] * 0.7 + 0.1
+    info = {"teacher": {"name": "qwen2.5-1.5b", "parameters": 1_540_000_000,
+                        "speed": {"seconds_per_text": 0.5}},
+            "student": {"name": "minilm-l6", "parameters": 22_700_000,
+                        "size": {"bytes": 90_900_000, "mb": 90.9, "files": 1}, "speed": SPEED},
+            "manifest": {"teacher": "qwen2.5-1.5b", "seed": 42}}
+    return evaluate_predictions(gold_df, teacher_df if teacher else None, probs, LABELS,
+                                EvaluateConfig(bootstrap=200), info)
+
+
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return make_metrics()
+
+
+def test_summary_rows_have_the_seed_shape_for_gold_teacher_student_and_majority(metrics):
+    rows = summary_rows(metrics)
+    assert [r["model"].split(":")[0].split(" (")[0] for r in rows] == [
+        "gold labels", "teacher", "student", "majority class"]
+    assert all(list(r) == ["model", "parameters", "accuracy", "macro-F1", "relative size"]
+               for r in rows)
+    student = rows[2]
+    assert student["parameters"] == "22.7M" and rows[1]["parameters"] == "1.54B"
+    assert student["relative size"] == "1/68 of the teacher"
+    acc = metrics["student"]["accuracy"]
+    assert student["accuracy"] == (f"{100 * acc['value']:.1f}% "
+                                   f"[{100 * acc['low']:.1f}, {100 * acc['high']:.1f}]")
+    assert rows[3]["model"] == f"majority class ({metrics['majority']['label']})"
+
+
+def test_report_markdown_contains_intervals_and_verdict(metrics):
+    text = render_markdown(metrics)
+    t = metrics["teacher"]["macro_f1"]
+    assert f"{t['value']:.3f} [{t['low']:.3f}, {t['high']:.3f}]" in text
+    c = metrics["student_vs_teacher"]
+    assert f"p = {c['p_value']:.2g}, McNemar exact" in text or "p < 0.001, McNemar exact" in text
+    assert "The student is significantly worse than the teacher" in text  # b_better here
+    assert f"Cohen's κ = {c['kappa']:.2f}" in text and "Student − teacher accuracy" in text
+    for section in ("## Warnings", "## Per class", "## Confusion matrices", "## Calibration",
+                    "## Speed and size", "## Manifest"):
+        assert section in text
+    assert "neutral: predicted for" in text  # the teacher's neutral collapse is flagged
+    assert "| gold ↓ / teacher → | negative | neutral | positive |" in text
+    assert "student ↓ / teacher →" in text
+    assert "Test CPU 9000, 2 cores, 2 torch threads" in text
+    assert "412.5 (batch 64)" in text and "2.0 (batch 1)" in text  # teacher: 0.5 s/text
+    assert '"seed": 42' in text
+
+
+def test_teacher_no_answers_are_shown_not_hidden():
+    text = render_markdown(make_metrics(no_answer=5))
+    assert "| gold ↓ / teacher → | negative | neutral | positive | (no answer) |" in text
+    assert "Texts without a usable teacher answer: 5 of 300, error 5" in text
+
+
+def test_report_renders_without_a_teacher():
+    m = make_metrics(teacher=False)
+    text = render_markdown(m)
+    assert "student: minilm-l6" in text and "McNemar" not in text
+    assert [r["model"] for r in summary_rows(m)][1] == "student: minilm-l6"
+
+
+def test_print_summary_shows_table_verdict_and_warnings(metrics):
+    console = Console(record=True, width=200)
+    print_summary(metrics, console)
+    out = console.export_text()
+    assert "1/68 of the teacher" in out and "McNemar exact" in out
+    assert "warning: teacher, neutral: predicted for" in out
+
+
+def test_write_report_is_atomic_and_json_roundtrips(metrics, tmp_path, monkeypatch):
+    paths = write_report(metrics | {"info": {**metrics["info"], "path": tmp_path}}, tmp_path)
+    assert set(paths) == {"metrics", "report"}
+    loaded = json.loads(paths["metrics"].read_text(encoding="utf-8"))
+    assert loaded["teacher"]["accuracy"] == metrics["teacher"]["accuracy"]
+    assert loaded["student_vs_teacher"]["confusion"] == metrics["student_vs_teacher"]["confusion"]
+    assert loaded["info"]["path"] == str(tmp_path)
+    assert paths["report"].read_text(encoding="utf-8") == render_markdown(loaded)
+
+    before = {p: p.read_bytes() for p in paths.values()}
+
+    def crash(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(md.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(make_metrics(no_answer=3), tmp_path)
+    assert {p: p.read_bytes() for p in paths.values()} == before  # old files intact
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "report.md"]  # no temp files left
+
+
+def test_json_output_has_no_nan_or_numpy_types(tmp_path):
+    m = {"n": 1, "labels": LABELS, "x": np.float32(0.5), "y": float("nan"), "z": np.arange(2)}
+    assert md._clean(m) == {"n": 1, "labels": LABELS, "x": 0.5, "y": None, "z": [0, 1]}
