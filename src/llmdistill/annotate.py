@@ -1,0 +1,165 @@
+"""Run a teacher over texts: a SQLite cache that makes any rerun resume, and a Parquet store.
+
+Each text's outcome is committed to the cache the moment it exists, so a run killed at any
+instant loses at most the text in flight, and a rerun labels only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from llmdistill import __version__
+from llmdistill.data import text_hash
+from llmdistill.errors import UsageError
+from llmdistill.teachers import Annotation, Teacher
+
+MANIFEST_KEY = b"llmdistill.manifest"
+
+
+class AnnotationCache:
+    """One row per (teacher, prompt hash, text hash): the status ledger of every text."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS annotations (teacher TEXT, prompt_hash TEXT, "
+            "text_hash TEXT, status TEXT, probs TEXT, label_mass REAL, seconds REAL, "
+            "tokens INTEGER, raw TEXT, created REAL, "
+            "PRIMARY KEY (teacher, prompt_hash, text_hash))")
+
+    def get(self, teacher: str, prompt_hash: str, hashes: Iterable[str]) -> dict[str, Annotation]:
+        out: dict[str, Annotation] = {}
+        hashes = list(hashes)
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i:i + 500]
+            rows = self.db.execute(
+                "SELECT text_hash, status, probs, label_mass, seconds, tokens, raw FROM "
+                f"annotations WHERE teacher=? AND prompt_hash=? AND text_hash IN "
+                f"({','.join('?' * len(chunk))})", [teacher, prompt_hash, *chunk])
+            for h, status, probs, mass, secs, tokens, raw in rows:
+                out[h] = Annotation(json.loads(probs) if probs else None, status, secs,
+                                    mass, raw, tokens or 0)
+        return out
+
+    def put(self, teacher: str, prompt_hash: str, h: str, a: Annotation) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [teacher, prompt_hash, h, a.status, json.dumps(a.probs) if a.probs else None,
+                 a.label_mass, a.seconds, a.tokens, a.raw, time.time()])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def progress_bar() -> Progress:
+    """The progress bar long steps show: count, rate and ETA."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                    TextColumn("ETA"), TimeRemainingColumn())
+
+
+def annotate(frame: pd.DataFrame, teacher: Teacher, cache: AnnotationCache,
+             retry_failed: bool = False, batch_size: int = 8,
+             description: str = "annotating") -> pd.DataFrame:
+    """Label every text in `frame` (columns id, text, optional label/split) with `teacher`.
+
+    Returns the frame with the teacher's label, per-class probabilities and status per row.
+    Texts already in the cache are not labelled again (non-ok ones too, unless retry_failed).
+    """
+    hashes = frame["text"].map(text_hash)
+    unique = dict(zip(hashes, frame["text"], strict=True))
+    done = cache.get(teacher.id, teacher.prompt_hash, unique)
+    todo = [h for h in unique if h not in done or (retry_failed and done[h].status != "ok")]
+    if todo:
+        with progress_bar() as bar:
+            task = bar.add_task(description, total=len(todo), rate="")
+            start = time.perf_counter()
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i:i + batch_size]
+                for h, ann in zip(batch, teacher.label_probs([unique[h] for h in batch]),
+                                  strict=True):
+                    cache.put(teacher.id, teacher.prompt_hash, h, ann)
+                    done[h] = ann
+                n = min(i + batch_size, len(todo))
+                rate = n / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, completed=n, rate=f"{rate:.2f} texts/s")
+    return to_frame(frame, hashes, done, teacher)
+
+
+def to_frame(frame: pd.DataFrame, hashes: pd.Series, done: dict[str, Annotation],
+             teacher: Teacher) -> pd.DataFrame:
+    """Assemble the annotation table in the input's row order."""
+    anns = [done[h] for h in hashes]
+    out = frame.rename(columns={"label": "gold"}).reset_index(drop=True).copy()
+    out.insert(2, "text_hash", hashes.to_numpy())
+    probs = np.array([a.probs if a.probs else [np.nan] * len(teacher.labels) for a in anns],
+                     dtype=float).reshape(len(anns), len(teacher.labels))
+    ok = np.array([a.status == "ok" for a in anns])
+    out["label"] = [teacher.labels[int(np.argmax(p))] if k else None
+                    for p, k in zip(probs, ok, strict=True)]
+    for j, lab in enumerate(teacher.labels):
+        out[f"prob_{lab}"] = probs[:, j]
+    out["status"] = [a.status for a in anns]
+    out["label_mass"] = [a.label_mass for a in anns]
+    out["seconds"] = [a.seconds for a in anns]
+    out["teacher"] = teacher.id
+    out["prompt_hash"] = teacher.prompt_hash
+    out["raw"] = [a.raw for a in anns]
+    return out
+
+
+def status_counts(df: pd.DataFrame) -> dict[str, int]:
+    return {k: int(v) for k, v in df["status"].value_counts().items()}
+
+
+def write_annotations(df: pd.DataFrame, path: Path, manifest: dict,
+                      overwrite: bool = False) -> Path:
+    """Atomically write the store with its manifest in the Parquet metadata."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists: pass a new --out or delete it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    manifest = {"llmdistill_version": __version__, "written": time.time(), **manifest,
+                "status_counts": status_counts(df)}
+    meta[MANIFEST_KEY] = json.dumps(manifest, default=str).encode()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_annotations(path: Path) -> tuple[pd.DataFrame, dict]:
+    """The annotation table and its manifest."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"annotations {path} not found: run `llmdistill annotate` first")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        raise UsageError(f"{path} is not an annotation Parquet file ({type(e).__name__})") from None
+    raw = (table.schema.metadata or {}).get(MANIFEST_KEY)
+    if raw is None:
+        raise UsageError(f"{path} has no llmdistill manifest: write it with `llmdistill annotate`")
+    return table.to_pandas(), json.loads(raw)

@@ -1,0 +1,149 @@
+"""What every teacher gives: per-class probabilities for a text, with a status and its cost.
+
+Local causal LMs share one mechanism (`PrefixScorer`): evaluate the prompt prefix once, then for
+each text evaluate only the text and the suffix, and read the label words' probabilities from the
+next-token distribution. When the labels' first tokens collide, each label's whole token
+sequence is scored instead.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llmdistill.errors import TeacherError
+from llmdistill.teachers.prompts import Prompt, label_variants
+
+STATUSES = ("ok", "off_label", "unparseable", "refused", "error")
+
+
+@dataclass
+class Annotation:
+    """One text's outcome. `probs` follows the teacher's label order; None unless status is ok."""
+
+    probs: list[float] | None
+    status: str
+    seconds: float
+    label_mass: float | None = None  # probability the model put on any label spelling
+    raw: str | None = None
+    tokens: int = 0
+
+
+class Teacher(ABC):
+    """A labeller. `id` and `prompt_hash` key the cache; `info` goes into manifests."""
+
+    id: str
+    labels: list[str]
+    prompt_hash: str
+    info: dict
+
+    @abstractmethod
+    def label_probs(self, texts: list[str]) -> list[Annotation]:
+        """Score each text; never raise for one bad text (return status "error" instead)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model."""
+
+
+@dataclass
+class _LabelTokens:
+    label: str
+    sequences: list[list[int]] = field(default_factory=list)
+
+
+class PrefixScorer(Teacher):
+    """Label scoring on a causal LM that can keep a prompt prefix's KV cache.
+
+    Backends implement `_tokenize`, `_reset_to(n)` (keep the first n evaluated tokens) and
+    `_eval(tokens)` (append tokens, return the log-softmax at the last position).
+    """
+
+    def __init__(self, labels: list[str], prompt: Prompt, max_text_chars: int) -> None:
+        self.labels = labels
+        self.prompt = prompt
+        self.prompt_hash = prompt.hash
+        self.max_text_chars = max_text_chars
+        self._label_tokens = [
+            _LabelTokens(lab, self._unique(self._tokenize(v, special=False)
+                                           for v in label_variants(lab)))
+            for lab in labels
+        ]
+        firsts = [{s[0] for s in lt.sequences} for lt in self._label_tokens]
+        for lt in self._label_tokens:
+            if not lt.sequences:
+                raise TeacherError(f"the teacher's tokenizer gives no tokens for label "
+                                   f"{lt.label!r}: rename the label")
+        self.whole_sequences = any(firsts[i] & firsts[j] for i in range(len(firsts))
+                                   for j in range(i + 1, len(firsts)))
+        if self.whole_sequences:
+            seqs = [tuple(s) for lt in self._label_tokens for s in lt.sequences]
+            if len(seqs) != len(set(seqs)):
+                raise TeacherError("two labels tokenize to the same sequence for this teacher: "
+                                   "rename one of them")
+        self._prefix = self._tokenize(prompt.prefix, special=True, bos=True)
+        self._reset_to(0)
+        self._eval(self._prefix)
+        self._text_logprobs: np.ndarray | None = None
+
+    @staticmethod
+    def _unique(seqs) -> list[list[int]]:
+        out: list[list[int]] = []
+        for s in seqs:
+            if s and s not in out:
+                out.append(s)
+        return out
+
+    @abstractmethod
+    def _tokenize(self, text: str, special: bool, bos: bool = False) -> list[int]: ...
+
+    @abstractmethod
+    def _reset_to(self, n_tokens: int) -> None: ...
+
+    @abstractmethod
+    def _eval(self, tokens: list[int]) -> np.ndarray: ...
+
+    def label_probs(self, texts: list[str]) -> list[Annotation]:
+        return [self._one(t) for t in texts]
+
+    def _one(self, text: str) -> Annotation:
+        start = time.perf_counter()
+        try:
+            body = self._tokenize(text[: self.max_text_chars] + self.prompt.suffix, special=True)
+            self._reset_to(len(self._prefix))
+            logp = self._eval(body)
+            scores = self._score(logp, len(self._prefix) + len(body))
+        except Exception as e:  # a backend failure on one text is recorded, not fatal
+            self._reset_to(len(self._prefix))
+            return Annotation(None, "error", time.perf_counter() - start, raw=repr(e)[:500])
+        mass = float(np.exp(scores).sum())
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        return Annotation([float(p) for p in probs], "ok", time.perf_counter() - start,
+                          label_mass=mass, tokens=len(body))
+
+    def _score(self, logp: np.ndarray, n_ctx: int) -> np.ndarray:
+        """Log-probability of each label, its spellings pooled (log-sum-exp)."""
+        out = np.empty(len(self._label_tokens))
+        for i, lt in enumerate(self._label_tokens):
+            if not self.whole_sequences:
+                firsts = sorted({s[0] for s in lt.sequences})
+                out[i] = np.logaddexp.reduce(logp[firsts])
+                continue
+            seq_scores = []
+            for seq in lt.sequences:
+                total = float(logp[seq[0]])
+                for k in range(1, len(seq)):
+                    self._reset_to(n_ctx + k - 1)
+                    total += float(self._eval([seq[k - 1]])[seq[k]])
+                seq_scores.append(total)
+            out[i] = np.logaddexp.reduce(seq_scores)
+        return out
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    m = logits.max()
+    return logits - m - np.log(np.exp(logits - m).sum())

@@ -1,0 +1,89 @@
+"""Teacher on llama.cpp (llama-cpp-python): GGUF models on CPU, the prompt prefix evaluated once."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from llmdistill.config import TeacherConfig
+from llmdistill.errors import TeacherError
+from llmdistill.teachers.base import PrefixScorer, log_softmax
+from llmdistill.teachers.prompts import render_prompt
+
+
+def file_fingerprint(path: Path) -> str:
+    """Cheap identity of a model file (size + first and last MiB) for cache keys."""
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+class LlamaCppTeacher(PrefixScorer):
+    """Label scoring with a GGUF model; the KV cache of the shared prefix is kept and reused."""
+
+    def __init__(self, model_path: Path, name: str, labels: list[str], demos: list[dict],
+                 cfg: TeacherConfig) -> None:
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError:
+            raise TeacherError("llama-cpp-python is not installed: pip install "
+                               "'llmdistill[llamacpp]' (or use an hf: teacher)") from None
+        if not model_path.is_file():
+            raise TeacherError(f"GGUF file {model_path} not found: check the path")
+        self._lib = llama_cpp
+        threads = cfg.n_threads or os.cpu_count() or 1
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+                self.llm = llama_cpp.Llama(
+                    model_path=str(model_path), n_ctx=cfg.n_ctx, n_threads=threads,
+                    n_threads_batch=threads, n_batch=512, logits_all=False, verbose=False,
+                    seed=0,
+                )
+        except Exception as e:
+            raise TeacherError(f"llama.cpp cannot load {model_path} ({e}): is it a GGUF "
+                               "model file?") from None
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise TeacherError(f"{model_path} has no chat template in its metadata: "
+                               "use an instruction-tuned GGUF")
+        eos = self.llm.detokenize([self.llm.token_eos()]).decode("utf-8", "ignore")
+        bos = self.llm.detokenize([self.llm.token_bos()]).decode("utf-8", "ignore")
+        fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        prompt = render_prompt(cfg, labels, demos, lambda m: fmt(messages=m).prompt)
+        self._n_vocab = self.llm.n_vocab()
+        fingerprint = file_fingerprint(model_path)
+        self.id = f"llamacpp:{name}@{fingerprint}"
+        self.info = {"backend": "llama.cpp", "model": name, "path": str(model_path),
+                     "fingerprint": fingerprint, "n_ctx": cfg.n_ctx, "threads": threads,
+                     "decoding": "label scoring: next-token probabilities, no sampling",
+                     "llama_cpp_python": llama_cpp.__version__}
+        super().__init__(labels, prompt, cfg.max_text_chars)
+        self.info.update(prefix_tokens=len(self._prefix), whole_sequences=self.whole_sequences)
+
+    def _tokenize(self, text: str, special: bool, bos: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
+
+    def _reset_to(self, n_tokens: int) -> None:
+        self.llm.n_tokens = n_tokens  # eval() drops the KV cache beyond n_tokens
+
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        if self.llm.n_tokens + len(tokens) > self.llm.n_ctx():
+            raise ValueError(f"prompt of {self.llm.n_tokens + len(tokens)} tokens exceeds "
+                             f"n_ctx={self.llm.n_ctx()}")
+        self.llm.eval(tokens)
+        ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                       shape=(self._n_vocab,))
+        return log_softmax(logits)
+
+    def close(self) -> None:
+        self.llm.close()
