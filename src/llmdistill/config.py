@@ -40,7 +40,8 @@ class DataConfig(_Strict):
 class TeacherConfig(_Strict):
     """The LLM that labels: which model, and the prompt it sees."""
 
-    spec: str = Field("qwen2.5-1.5b", description="embedded name, llamacpp:PATH.gguf, hf:ID_OR_PATH")
+    spec: str = Field("qwen2.5-1.5b",
+                      description="embedded name, llamacpp:PATH.gguf or hf:ID_OR_PATH")
     task: str = "Classify the sentiment that the author of the tweet expresses."
     label_descriptions: dict[str, str] = Field(default_factory=lambda: dict(TWEET_LABELS))
     n_demos: int = Field(6, description="few-shot demonstrations from the training split")
@@ -85,7 +86,8 @@ class RunConfig(_Strict):
     """A whole run: data → teacher → student → evaluation."""
 
     out: Path = Path("runs/demo")
-    cache_dir: Path | None = Field(None, description="annotation cache; $LLMDISTILL_CACHE or ~/.cache")
+    cache_dir: Path | None = Field(None,
+                                   description="annotation cache; $LLMDISTILL_CACHE or ~/.cache")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
@@ -142,5 +144,6 @@ def load_config(path: Path | None, base: RunConfig | None = None) -> RunConfig:
 def _deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = _deep_merge(out[k], v) if nested else v
     return out

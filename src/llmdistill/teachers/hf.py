@@ -60,7 +60,8 @@ class HFTeacher(PrefixScorer):
         self.info.update(prefix_tokens=len(self._prefix), whole_sequences=self.whole_sequences)
 
     def _tokenize(self, text: str, special: bool, bos: bool = False) -> list[int]:
-        ids = self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        ids = self.tok(text, add_special_tokens=False,
+                       split_special_tokens=not special)["input_ids"]
         if bos and self.tok.bos_token_id is not None and getattr(self.tok, "add_bos_token", False):
             ids = [self.tok.bos_token_id, *ids]
         return list(ids)

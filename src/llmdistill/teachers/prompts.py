@@ -57,7 +57,8 @@ def pick_demos(train: pd.DataFrame, labels: list[str], n: int, seed: int) -> lis
     return [{"id": r.id, "text": r.text, "label": r.label} for r in order.itertuples()]
 
 
-def build_messages(cfg: TeacherConfig, labels: list[str], demos: list[dict], text: str) -> list[dict]:
+def build_messages(cfg: TeacherConfig, labels: list[str], demos: list[dict],
+                   text: str) -> list[dict]:
     msgs = [{"role": "system", "content": system_message(cfg, labels)}]
     for d in demos:
         msgs += [{"role": "user", "content": user_message(d["text"])},

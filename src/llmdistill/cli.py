@@ -1,0 +1,207 @@
+"""`llmdistill`: a thin Typer layer over `llmdistill.pipeline`. Parses, calls, renders."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llmdistill.config import RunConfig, load_config, quick
+from llmdistill.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill a large language model into a small, fast text classifier.")
+err = Console(stderr=True)
+_state = {"debug": False}
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
+TextCol = Annotated[str | None, typer.Option(help="Name of the text column.")]
+LabelCol = Annotated[str | None, typer.Option(help="Name of the gold label column.")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _config(path: Path | None, text_column: str | None = None,
+            label_column: str | None = None) -> RunConfig:
+    cfg = load_config(path)
+    if text_column:
+        cfg.data.text_column = text_column
+    if label_column:
+        cfg.data.label_column = label_column
+    return cfg
+
+
+@app.command()
+def run(config: ConfigOpt = None,
+        quick_run: Annotated[bool, typer.Option("--quick", help="smollm2-135m, few hundred "
+                                                "tweets: a look in minutes.")] = False,
+        out: Annotated[Path | None, typer.Option(help="Run folder.")] = None) -> None:
+    """The whole pipeline: annotate, train, evaluate, report. No arguments: the embedded demo."""
+    from llmdistill import pipeline
+
+    cfg = load_config(config, base=quick() if quick_run else None)
+    if out:
+        cfg.out = out
+    pipeline.run(cfg)
+
+
+@app.command("annotate")
+def annotate_cmd(
+    data: Annotated[str, typer.Option(help="CSV/JSONL/Parquet file or embedded split "
+                                           "(tweets:train).")],
+    out: Annotated[Path, typer.Option(help="Annotation Parquet file to write.")],
+    teacher: Annotated[str | None, typer.Option(help="qwen2.5-1.5b, smollm2-135m, "
+                                                     "llamacpp:PATH.gguf or hf:ID_OR_PATH.")] = None,
+    demos: Annotated[str | None, typer.Option(help="Labelled data to draw few-shot demos from "
+                                                   "(default: the embedded train split).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Label non-ok cached texts again.")] = False,
+    config: ConfigOpt = None, text_column: TextCol = None, label_column: LabelCol = None,
+) -> None:
+    """Label texts with a teacher LLM: per-class probabilities, cached and resumable."""
+    from llmdistill import data as data_mod
+    from llmdistill import pipeline
+    from llmdistill.annotate import write_annotations
+    from llmdistill.teachers.prompts import pick_demos
+
+    cfg = _config(config, text_column, label_column)
+    if teacher:
+        cfg.teacher.spec = teacher
+    if out.exists():
+        raise UsageError(f"{out} already exists: pass a new --out or delete it")
+    frame, labels = data_mod.resolve(data, cfg.data)
+    embedded = ":" in data and not Path(data).exists()
+    demo_source = demos or (f"{data.split(':')[0]}:train" if embedded else None)
+    demo_rows = []
+    if demo_source:
+        demo_frame, demo_labels = data_mod.resolve(demo_source, cfg.data)
+        labels = labels or demo_labels
+        demo_rows = pick_demos(demo_frame, labels, cfg.teacher.n_demos, cfg.teacher.demo_seed)
+    labels = labels or cfg.data.labels or []
+    if len(labels) < 2:
+        raise UsageError("no label set: give data with a label column, --demos, or set "
+                         "data.labels in the config")
+    frame = frame[~frame["id"].isin({d["id"] for d in demo_rows})] if demo_source == data \
+        else frame
+    if limit:
+        frame = frame.head(limit)
+    table, manifest = pipeline.annotate_texts(frame, labels, demo_rows, cfg.teacher,
+                                              cfg.resolved_cache_dir(), retry_failed)
+    write_annotations(table, out, manifest)
+    err.print(f"wrote {out} ({len(table)} rows)")
+
+
+@app.command("train")
+def train_cmd(
+    annotations: Annotated[Path, typer.Option(help="Annotation Parquet file.")],
+    out: Annotated[Path, typer.Option(help="Model folder to write.")],
+    student: Annotated[str | None, typer.Option(help="minilm-l6, an HF id or a folder.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Distil a student encoder from the teacher's probabilities."""
+    from llmdistill import pipeline
+    from llmdistill.annotate import read_annotations
+
+    cfg = _config(config)
+    if student:
+        cfg.student.model = student
+    if out.exists():
+        raise UsageError(f"{out} already exists: pass a new --out or delete it")
+    table, manifest = read_annotations(annotations)
+    result = pipeline.train(table, manifest["labels"], cfg.student, out,
+                            {"teacher": manifest.get("teacher"),
+                             "prompt_hash": manifest.get("prompt_hash"),
+                             "annotations": str(annotations)})
+    err.print(f"wrote {out}: trained on {result.used} texts ({result.skipped} not ok, skipped), "
+              f"validation agreement with the teacher {result.validation_agreement:.3f}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    student: Annotated[Path, typer.Option(help="Trained student folder.")],
+    data: Annotated[str, typer.Option(help="Gold data: file or embedded split (tweets:test).")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md, metrics.json.")],
+    teacher_annotations: Annotated[Path | None, typer.Option(help="The teacher's annotations "
+                                                                  "of the same texts.")] = None,
+    config: ConfigOpt = None, text_column: TextCol = None, label_column: LabelCol = None,
+) -> None:
+    """Student vs gold, teacher vs gold, student vs teacher, with intervals."""
+    from llmdistill import data as data_mod
+    from llmdistill import pipeline
+    from llmdistill.annotate import read_annotations
+    from llmdistill.report import print_summary
+
+    cfg = _config(config, text_column, label_column)
+    if (out / "metrics.json").exists():
+        raise UsageError(f"{out} already holds a report: pass a new --out or delete it")
+    gold, labels = data_mod.resolve(data, cfg.data)
+    if "label" not in gold.columns:
+        raise UsageError(f"{data} has no gold label column {cfg.data.label_column!r}: "
+                         "pass --label-column")
+    table = manifest = None
+    if teacher_annotations:
+        table, manifest = read_annotations(teacher_annotations)
+        labels = manifest["labels"]
+    metrics = pipeline.evaluate(student, gold, labels, cfg.evaluate, table, manifest, out)
+    print_summary(metrics, Console())
+
+
+@app.command()
+def predict(
+    student: Annotated[Path, typer.Option(help="Trained student folder.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    input: Annotated[str | None, typer.Option("--input", help="CSV/JSONL/Parquet file.")] = None,
+    text_column: TextCol = None,
+) -> None:
+    """Classify texts; prints one JSON line per text (label and probabilities)."""
+    from llmdistill import data as data_mod
+    from llmdistill.student.predict import StudentClassifier
+
+    if input:
+        rows = data_mod.read_table(input, text_column or "text", None)["text"].tolist()
+    elif texts:
+        rows = list(texts)
+    else:
+        raise UsageError("no texts: pass TEXT arguments or --input FILE")
+    clf = StudentClassifier.load(student)
+    probs = clf.predict_proba(rows, progress=bool(input))
+    for text, p in zip(rows, probs, strict=True):
+        print(json.dumps({"text": text, "label": clf.labels[int(p.argmax())],
+                          "probs": {lab: round(float(x), 6) for lab, x in
+                                    zip(clf.labels, p, strict=True)}}, ensure_ascii=False))
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UsageError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as e:
+        sys.exit(getattr(e, "exit_code", getattr(e, "code", 0)))
+    except KeyboardInterrupt:
+        err.print("interrupted: rerun the same command to resume from the cache")
+        sys.exit(130)
+    except Exception as e:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

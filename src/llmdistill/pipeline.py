@@ -1,0 +1,217 @@
+"""The recipe, top to bottom: data → teacher annotates → student trains → evaluation → report.
+
+Each step is a function the CLI and notebooks call; `run` chains them. Every step writes its
+artefact atomically with a manifest, and a rerun reuses what is already done.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from llmdistill import __version__
+from llmdistill.annotate import (
+    AnnotationCache,
+    annotate,
+    status_counts,
+    write_annotations,
+)
+from llmdistill.config import EvaluateConfig, RunConfig, StudentConfig, TeacherConfig
+from llmdistill.data import frame_hash, load_dataset, text_hash
+from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
+from llmdistill.report import print_summary, write_report
+from llmdistill.teachers import load_teacher
+from llmdistill.teachers.prompts import pick_demos
+
+console = Console(stderr=True)
+
+
+def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
+                   cfg: TeacherConfig, cache_dir: Path, retry_failed: bool = False
+                   ) -> tuple[pd.DataFrame, dict]:
+    """Label `frame` with the configured teacher; returns the table and its manifest."""
+    teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
+    cache = AnnotationCache(cache_dir / "annotations.sqlite")
+    try:
+        start = time.perf_counter()
+        table = annotate(frame, teacher, cache, retry_failed=retry_failed,
+                         description=f"annotating with {cfg.spec}")
+        wall = time.perf_counter() - start
+    finally:
+        cache.close()
+        teacher.close()
+    counts = status_counts(table)
+    console.print(f"teacher outcomes: {counts}")
+    manifest = {
+        "teacher": {"spec": cfg.spec, "id": teacher.id, **teacher.info},
+        "prompt_hash": teacher.prompt_hash,
+        "prompt": {"task": cfg.task, "label_descriptions": cfg.label_descriptions,
+                   "prefix": teacher.prompt.prefix, "suffix": teacher.prompt.suffix},
+        "demos": demos,
+        "labels": labels,
+        "texts": len(table),
+        "data_hash": frame_hash(frame),
+        "annotate_wall_seconds": wall,
+        "seconds_per_text": float(np.mean(table["seconds"])),
+    }
+    return table, manifest
+
+
+def train_split(annotations: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and validation rows: the store's split column, or a seeded 10% carved out."""
+    if "split" in annotations.columns and (annotations["split"] == "validation").any():
+        return (annotations[annotations["split"] == "train"],
+                annotations[annotations["split"] == "validation"])
+    val = annotations.sample(frac=0.1, random_state=seed)
+    return annotations.drop(val.index), val
+
+
+def train(annotations: pd.DataFrame, labels: list[str], cfg: StudentConfig, out_dir: Path,
+          manifest: dict):
+    """Distil the student from the teacher's probabilities (gold is never read here)."""
+    from llmdistill.student.train import train_student
+
+    tr, val = train_split(annotations, cfg.seed)
+    return train_student(tr, val, labels, cfg, out_dir, manifest)
+
+
+def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: EvaluateConfig,
+             teacher_annotations: pd.DataFrame | None = None,
+             teacher_manifest: dict | None = None, out_dir: Path | None = None) -> dict:
+    """Teacher vs gold, student vs gold, student vs teacher on the same gold texts."""
+    from llmdistill.student.predict import StudentClassifier
+
+    student = StudentClassifier.load(student_dir)
+    if student.labels != labels:
+        raise_labels(student.labels, labels)
+    texts = gold["text"].tolist()
+    probs = student.predict_proba(texts, batch_size=cfg.speed_batch, progress=True)
+    speed_texts = texts[: cfg.speed_texts]
+    info: dict = {"student": {
+        "name": _student_name(student_dir), "parameters": student.parameters,
+        "size": model_size(student_dir),
+        "speed": measure_speed(lambda t, b: student.predict_proba(t, batch_size=b), speed_texts,
+                               batch=cfg.speed_batch),
+    }}
+    teacher_df = None
+    if teacher_annotations is not None:
+        teacher_df = align_teacher(gold, teacher_annotations)
+        tm = (teacher_manifest or {}).get("teacher", {})
+        info["teacher"] = {"name": tm.get("spec", "teacher"), "parameters": tm.get("parameters"),
+                           "size": model_size(Path(tm["path"])) if tm.get("path") and
+                           Path(tm["path"]).exists() else None,
+                           "speed": {"seconds_per_text": teacher_manifest.get("seconds_per_text")}
+                           if teacher_manifest and teacher_manifest.get("seconds_per_text")
+                           else {}}
+    info["manifest"] = {"llmdistill_version": __version__, "student_dir": str(student_dir),
+                        "gold_hash": frame_hash(gold),
+                        "teacher": (teacher_manifest or {}).get("teacher"),
+                        "prompt_hash": (teacher_manifest or {}).get("prompt_hash"),
+                        "demos": [d["id"] for d in (teacher_manifest or {}).get("demos", [])]}
+    metrics = evaluate_predictions(gold, teacher_df, probs, labels, cfg, info)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        preds = gold[["id", "text", "label"]].rename(columns={"label": "gold"}).copy()
+        preds["student"] = [labels[i] for i in probs.argmax(1)]
+        for j, lab in enumerate(labels):
+            preds[f"student_prob_{lab}"] = probs[:, j]
+        if teacher_df is not None:
+            preds["teacher"] = teacher_df["label"].to_numpy()
+            for lab in labels:
+                preds[f"teacher_prob_{lab}"] = teacher_df[f"prob_{lab}"].to_numpy()
+        _write_parquet(preds, out_dir / "predictions.parquet")
+        write_report(metrics, out_dir)
+    return metrics
+
+
+def align_teacher(gold: pd.DataFrame, annotations: pd.DataFrame) -> pd.DataFrame:
+    """The teacher's rows for the gold texts, matched by text (ids may differ between files)."""
+    ann = annotations.drop_duplicates("text_hash").set_index("text_hash")
+    hashes = gold["text"].map(text_hash)
+    t = ann.reindex(hashes.to_numpy()).reset_index(drop=True)
+    t["id"] = gold["id"].to_numpy()
+    t["status"] = t["status"].fillna("missing")
+    return t
+
+
+def raise_labels(student_labels: list[str], labels: list[str]) -> None:
+    from llmdistill.errors import UsageError
+
+    raise UsageError(f"the student predicts {student_labels} but the data's labels are "
+                     f"{labels}: evaluate on data with the student's label set")
+
+
+def _student_name(student_dir: Path) -> str:
+    meta = Path(student_dir) / "llmdistill.json"
+    if meta.exists():
+        return json.loads(meta.read_text()).get("student", {}).get("model", Path(student_dir).name)
+    return Path(student_dir).name
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def run(cfg: RunConfig) -> dict:
+    """The whole pipeline on one config. Reruns reuse the cache and a matching student."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = cfg.resolved_cache_dir()
+
+    console.rule("1/4 data")
+    ds = load_dataset(cfg.data)
+    labels = ds.labels
+    demos = pick_demos(ds.splits["train"], labels, cfg.teacher.n_demos, cfg.teacher.demo_seed)
+    demo_ids = {d["id"] for d in demos}
+    frame = pd.concat([df[~df["id"].isin(demo_ids)].assign(split=name)
+                       for name, df in ds.splits.items()], ignore_index=True)
+    console.print(f"{ds.manifest['used_split_sizes']} texts from {cfg.data.source}; "
+                  f"labels {labels}; {len(demos)} demos from train")
+
+    console.rule("2/4 teacher")
+    table, manifest = annotate_texts(frame, labels, demos, cfg.teacher, cache_dir)
+    manifest["data"] = ds.manifest
+    write_annotations(table, out / "annotations.parquet", manifest, overwrite=True)
+
+    console.rule("3/4 student")
+    student_dir = out / "student"
+    key = {"annotations": frame_hash(table.assign(label=table["label"].astype(str))),
+           "student": cfg.student.model_dump(mode="json")}
+    if _matching_student(student_dir, key):
+        console.print(f"reusing {student_dir}: same annotations and student settings")
+    else:
+        fresh = out / "student.new"
+        shutil.rmtree(fresh, ignore_errors=True)
+        result = train(table[table["split"] != "test"], labels, cfg.student, fresh,
+                       {"run_key": key, "teacher": manifest["teacher"],
+                        "prompt_hash": manifest["prompt_hash"], "data": ds.manifest})
+        console.print(f"trained on {result.used} texts ({result.skipped} skipped, not ok); "
+                      f"{result.samples_per_second:.1f} samples/s")
+        shutil.rmtree(student_dir, ignore_errors=True)
+        fresh.rename(student_dir)
+
+    console.rule("4/4 evaluation")
+    test = ds.splits["test"]
+    test = test[~test["id"].isin(demo_ids)]
+    metrics = evaluate(student_dir, test, labels, cfg.evaluate, table, manifest, out_dir=out)
+    print_summary(metrics, Console())
+    console.print(f"report: {out / 'report.md'}")
+    return metrics
+
+
+def _matching_student(student_dir: Path, key: dict) -> bool:
+    meta = student_dir / "llmdistill.json"
+    if not meta.exists():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("run_key") == key
+    except (OSError, ValueError):
+        return False
