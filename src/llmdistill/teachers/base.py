@@ -66,34 +66,27 @@ class PrefixScorer(Teacher):
         self.prompt = prompt
         self.prompt_hash = prompt.hash
         self.max_text_chars = max_text_chars
-        self._label_tokens = [
-            _LabelTokens(lab, self._unique(self._tokenize(v, special=False)
-                                           for v in label_variants(lab)))
-            for lab in labels
-        ]
+        self._label_tokens = self._label_sequences(labels)
         firsts = [{s[0] for s in lt.sequences} for lt in self._label_tokens]
-        for lt in self._label_tokens:
-            if not lt.sequences:
-                raise TeacherError(f"the teacher's tokenizer gives no tokens for label "
-                                   f"{lt.label!r}: rename the label")
         self.whole_sequences = any(firsts[i] & firsts[j] for i in range(len(firsts))
                                    for j in range(i + 1, len(firsts)))
-        if self.whole_sequences:
-            seqs = [tuple(s) for lt in self._label_tokens for s in lt.sequences]
-            if len(seqs) != len(set(seqs)):
-                raise TeacherError("two labels tokenize to the same sequence for this teacher: "
-                                   "rename one of them")
         self._prefix = self._tokenize(prompt.prefix, special=True, bos=True)
         self._reset_to(0)
         self._eval(self._prefix)
         self._text_logprobs: np.ndarray | None = None
 
-    @staticmethod
-    def _unique(seqs) -> list[list[int]]:
-        out: list[list[int]] = []
-        for s in seqs:
-            if s and s not in out:
-                out.append(s)
+    def _label_sequences(self, labels: list[str]) -> list[_LabelTokens]:
+        """Each label's spellings as token sequences; a sequence two labels share is dropped."""
+        seqs = {lab: {tuple(self._tokenize(v, special=False)) for v in label_variants(lab)} - {()}
+                for lab in labels}
+        out = []
+        for lab in labels:
+            shared = set().union(*(seqs[o] for o in labels if o != lab))
+            own = sorted(seqs[lab] - shared)
+            if not own:
+                raise TeacherError(f"label {lab!r} tokenizes to the same sequence as another "
+                                   "label for this teacher: rename one of them")
+            out.append(_LabelTokens(lab, [list(s) for s in own]))
         return out
 
     @abstractmethod

@@ -77,8 +77,7 @@ class HFTeacher(PrefixScorer):
     def _eval(self, tokens: list[int]) -> np.ndarray:
         ids = torch.tensor([tokens])
         pos = torch.arange(self._n, self._n + len(tokens)).unsqueeze(0)
-        out = self.model(input_ids=ids, past_key_values=self._cache, position_ids=pos,
-                         use_cache=True, logits_to_keep=1)
-        self._cache = out.past_key_values
+        out = self.model(input_ids=ids, cache=self._cache, position_ids=pos, use_cache=True,
+                         logits_to_keep=1)  # the cache grows in place
         self._n += len(tokens)
         return torch.log_softmax(out.logits[0, -1].double(), -1).numpy()
