@@ -1,0 +1,137 @@
+"""README.md for a distilled student: what it learned from, how, how well, and how to load it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+LICENSE = "Apache-2.0"
+
+
+def render_model_card(
+    labels: list[str],
+    settings: Mapping[str, Any],
+    result: Mapping[str, Any],
+    manifest: Mapping[str, Any] | None = None,
+) -> str:
+    """The model card as Markdown with Hugging Face front matter.
+
+    `settings` are the distillation settings (the StudentConfig), `result` the TrainResult fields,
+    `manifest` what the caller knows about the run: optional keys `data`, `teacher`, `metrics`
+    (a dict, nested dicts allowed), `license` and `base_model`; other keys are listed as they are.
+    """
+    manifest = dict(manifest or {})
+    license_name = str(manifest.pop("license", LICENSE))
+    base_model = manifest.pop("base_model", settings.get("model"))
+    data = manifest.pop("data", None)
+    teacher = manifest.pop("teacher", None)
+    metrics = manifest.pop("metrics", None)
+
+    lines = [
+        "---",
+        f"license: {license_name.lower()}",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags:",
+        "- llmdistill",
+        "- knowledge-distillation",
+        "---",
+        "",
+        "# Distilled text classifier",
+        "",
+        f"A {result.get('parameters', 0) / 1e6:.1f}M-parameter encoder (from `{base_model}`) "
+        "trained by [llmdistill](https://pypi.org/project/llmdistill/) to copy an LLM teacher's "
+        "class probabilities (soft labels) and labels.",
+        "",
+        f"Labels (in id order): {', '.join(f'`{lab}`' for lab in labels)}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        'clf = pipeline("text-classification", model="PATH/TO/THIS/FOLDER")',
+        'clf(["an example text"], truncation=True, top_k=None)  # all labels with scores',
+        "```",
+        "",
+        "No llmdistill and no remote code are needed to load it.",
+        "",
+        "## Teacher",
+        "",
+        *_describe(teacher, "not recorded"),
+        "",
+        "## Data",
+        "",
+        *_describe(data, "not recorded"),
+        "",
+        f"Trained on {result.get('used', '?')} texts the teacher labelled; "
+        f"{result.get('skipped', '?')} texts it failed on (refusals, unparseable replies, errors) "
+        "were skipped, not guessed.",
+        "",
+        "## Distillation",
+        "",
+        "Loss: `alpha * T^2 * KL(teacher_T || student_T) "
+        "+ (1 - alpha) * CE(student, teacher label)`, with teacher_T = softmax(log p / T). "
+        "The best epoch is chosen by agreement with the teacher on a validation split; "
+        "gold labels are never used for training or selection.",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *(f"| {k} | {_fmt(v)} |" for k, v in settings.items()),
+        "",
+        "## Training",
+        "",
+        "| quantity | value |",
+        "| --- | --- |",
+        *(f"| {k} | {_fmt(v)} |" for k, v in result.items() if k != "model_dir"),
+        "",
+    ]
+    if metrics:
+        lines += [
+            "## Metrics",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+            *(f"| {k} | {_fmt(v)} |" for k, v in _flatten(metrics).items()),
+            "",
+        ]
+    if manifest:
+        lines += ["## Run", "", *_describe(manifest, ""), ""]
+    lines += [
+        "## License",
+        "",
+        f"{license_name}. Check the licence of the base model and the teacher's terms of use too.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _describe(value: Any, missing: str) -> list[str]:
+    if value is None or value == {}:
+        return [missing]
+    if isinstance(value, Mapping):
+        return [f"- {k}: {_fmt(v)}" for k, v in _flatten(value).items()]
+    return [str(value)]
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        text = "n/a" if math.isnan(v) else f"{v:.4g}"
+    elif isinstance(v, list | tuple | dict):
+        text = json.dumps(v, default=str)
+    else:
+        text = str(v)
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny randomly initialised encoders saved as HF folders, and toy annotations."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TOY_LABELS = ["negative", "neutral", "positive"]
+TOY_WORDS = {
+    "negative": ["awful", "terrible", "hate", "broken", "worst", "sad"],
+    "neutral": ["tuesday", "report", "meeting", "schedule", "table", "station"],
+    "positive": ["great", "love", "wonderful", "happy", "best", "amazing"],
+}
+# a tiny random encoder learns the toy task in a few epochs only without dropout
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+FILLER = ["the", "a", "today", "this", "my", "it", "was", "is", "really", "so", "and", "we"]
+
+
+def toy_annotations(n: int, seed: int = 0, labels: list[str] = TOY_LABELS) -> pd.DataFrame:
+    """An annotation frame for a separable task: each label has its own obvious words.
+
+    The teacher's probabilities are soft (0.6–0.9 on the right label) and all rows are "ok".
+    """
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = rng.sample(FILLER, 3) + rng.sample(TOY_WORDS[label], 2) + rng.sample(FILLER, 2)
+        rng.shuffle(words)
+        top = rng.uniform(0.6, 0.9)
+        rest = (1 - top) / (len(labels) - 1)
+        probs = {f"prob_{lab}": (top if lab == label else rest) for lab in labels}
+        rows.append({"id": f"t{i}", "text": " ".join(words), "status": "ok", "label": label,
+                     "gold": label, **probs})
+    return pd.DataFrame(rows)
+
+
+def _corpus() -> list[str]:
+    words = FILLER + [w for ws in TOY_WORDS.values() for w in ws]
+    return [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer, hidden-32 BERT with the packaged MiniLM tokenizer (a real vocab)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from llmdistill.assets import minilm_dir
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=37, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, **NO_DROPOUT,
+    )
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 RoBERTa with a byte-level BPE trained on the toy words."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+
+    out = tmp_path_factory.mktemp("tiny-roberta")
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_corpus(), vocab_size=400, min_frequency=1, special_tokens=specials)
+    bpe._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+        cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+        model_input_names=["input_ids", "attention_mask"], model_max_length=512,
+    )
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=514, type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2, **NO_DROPOUT,
+    )
+    RobertaModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def toy_split() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """120 training and 30 validation rows of the separable toy task."""
+    return toy_annotations(120, seed=1), toy_annotations(30, seed=2)
+
+
+@pytest.fixture(name="toy_annotations", scope="session")
+def toy_annotations_factory():
+    """The `toy_annotations(n, seed)` builder, for tests that need their own frames."""
+    return toy_annotations

@@ -1,0 +1,247 @@
+"""The student: distillation loss, training with the Trainer, the model folder, inference."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmdistill.config import StudentConfig
+from llmdistill.errors import DataError, UsageError
+from llmdistill.student.losses import distillation_loss
+from llmdistill.student.predict import StudentClassifier
+from llmdistill.student.train import TrainResult, train_student
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """Training sets torch's process-wide thread count (one thread: tiny models, busy CI)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(model_dir: Path, **overrides) -> StudentConfig:
+    """Settings under which the tiny random encoders learn the toy task in seconds."""
+    base = {"model": str(model_dir), "epochs": 10, "batch_size": 16, "learning_rate": 1e-2,
+            "warmup_ratio": 0.0, "early_stopping_patience": 3, "max_length": 32, "threads": 1}
+    return StudentConfig(**{**base, **overrides})
+
+
+# ---- the loss ---------------------------------------------------------------------------------
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, generator=g)
+    teacher = torch.softmax(torch.randn(5, 3, generator=g) * 2, dim=-1)
+    return logits, teacher
+
+
+def test_distillation_loss_is_zero_with_zero_gradient_when_student_matches_teacher() -> None:
+    _, teacher = _batch()
+    logits = teacher.log().clone().requires_grad_(True)
+    loss = distillation_loss(logits, teacher, alpha=1.0, temperature=2.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert logits.grad.abs().max().item() < 1e-6
+
+
+def test_distillation_loss_equals_cross_entropy_on_teacher_argmax_when_alpha_is_zero() -> None:
+    logits, teacher = _batch()
+    expected = -torch.log_softmax(logits, -1)[torch.arange(5), teacher.argmax(-1)].mean()
+    got = distillation_loss(logits, teacher, alpha=0.0, temperature=3.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_distillation_loss_equals_t_squared_kl_at_temperature_when_alpha_is_one() -> None:
+    logits, teacher = _batch()
+    t = 2.5
+    p_t = torch.softmax(teacher.log() / t, -1)
+    q_t = torch.softmax(logits / t, -1)
+    kl = (p_t * (p_t.log() - q_t.log())).sum(-1).mean()
+    got = distillation_loss(logits, teacher, alpha=1.0, temperature=t)
+    assert got.item() == pytest.approx((t * t * kl).item(), rel=1e-5)
+
+
+def test_distillation_loss_mixes_the_two_terms_by_alpha() -> None:
+    logits, teacher = _batch()
+    soft = distillation_loss(logits, teacher, alpha=1.0, temperature=2.0)
+    hard = distillation_loss(logits, teacher, alpha=0.0, temperature=2.0)
+    mixed = distillation_loss(logits, teacher, alpha=0.3, temperature=2.0)
+    assert mixed.item() == pytest.approx(0.3 * soft.item() + 0.7 * hard.item(), rel=1e-5)
+
+
+def test_distillation_loss_stays_finite_when_the_teacher_gives_exact_zeros() -> None:
+    logits = torch.zeros(2, 3, requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    loss = distillation_loss(logits, teacher, alpha=0.5, temperature=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert loss.item() == pytest.approx(
+        0.5 * F.kl_div(torch.log_softmax(logits, -1), teacher.clamp_min(1e-8).div(
+            teacher.clamp_min(1e-8).sum(-1, keepdim=True)), reduction="batchmean").item()
+        + 0.5 * F.cross_entropy(logits, teacher.argmax(-1)).item(), rel=1e-4)
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory, toy_split_m):
+    """One tiny BERT student trained on the toy task, shared by the tests that inspect it."""
+    train, validation = toy_split_m
+    out = tmp_path_factory.mktemp("bert-run") / "student"
+    manifest = {"teacher": {"spec": "toy-teacher"}, "data": {"source": "toy"},
+                "metrics": {"test": {"accuracy": 0.75, "macro_f1": 0.7}}}
+    result = train_student(train, validation, LABELS, tiny_cfg(tiny_bert_dir), out, manifest)
+    return result, out
+
+
+@pytest.fixture(scope="module")
+def toy_split_m(toy_annotations) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return toy_annotations(120, seed=1), toy_annotations(30, seed=2)
+
+
+def test_training_learns_a_separable_toy_task(trained) -> None:
+    result, out = trained
+    assert isinstance(result, TrainResult)
+    assert result.model_dir == out
+    assert result.validation_agreement >= 0.8  # chance is 1/3
+    assert result.used == 120 and result.skipped == 0
+    assert 1 <= result.best_epoch <= 10
+    assert result.samples_per_second > 0 and result.train_seconds > 0
+    assert 500_000 < result.parameters < 2_000_000
+
+
+def test_training_leaves_only_the_model_folder_behind(trained) -> None:
+    _, out = trained
+    assert [p.name for p in out.parent.iterdir()] == ["student"]
+
+
+def test_model_folder_loads_with_transformers_pipeline(trained) -> None:
+    from transformers import pipeline
+
+    _, out = trained
+    assert (out / "model.safetensors").exists()
+    assert not list(out.glob("*.bin"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert config["label2id"] == {"negative": 0, "neutral": 1, "positive": 2}
+    clf = pipeline("text-classification", model=str(out))
+    preds = clf(["so great and happy today", "awful terrible day"], truncation=True)
+    assert [p["label"] for p in preds] == ["positive", "negative"]
+
+
+def test_model_folder_carries_a_model_card_and_the_run_record(trained) -> None:
+    result, out = trained
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\n")
+    assert "Apache-2.0" in card and 'pipeline("text-classification"' in card
+    assert "toy-teacher" in card and "test.macro_f1" in card and "temperature" in card
+    record = json.loads((out / "llmdistill.json").read_text())
+    assert record["labels"] == LABELS
+    assert record["used"] == result.used
+    assert record["validation_agreement"] == pytest.approx(result.validation_agreement)
+    assert record["metrics"]["test"]["accuracy"] == 0.75
+    assert record["student_config"]["max_length"] == 32
+
+
+def test_gold_labels_do_not_change_training(trained, tiny_bert_dir, toy_split_m, tmp_path) -> None:
+    result, _ = trained
+    train, validation = (f.assign(gold="neutral") for f in toy_split_m)
+    again = train_student(train, validation, LABELS, tiny_cfg(tiny_bert_dir), tmp_path / "s")
+    assert again.validation_agreement == result.validation_agreement
+    assert again.best_epoch == result.best_epoch
+    texts = validation["text"].tolist()
+    a = StudentClassifier.load(result.model_dir).predict_proba(texts)
+    b = StudentClassifier.load(again.model_dir).predict_proba(texts)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_non_ok_rows_are_skipped_and_counted(tiny_bert_dir, toy_annotations, tmp_path, caplog):
+    train = toy_annotations(30, seed=3)
+    failed = train.head(4).assign(status=["error", "refused", "unparseable", None], label=None)
+    for lab in LABELS:
+        failed[f"prob_{lab}"] = np.nan
+    train = pd.concat([train, failed], ignore_index=True)
+    validation = pd.concat([toy_annotations(9, seed=4), failed], ignore_index=True)
+    with caplog.at_level(logging.WARNING, logger="llmdistill.student.train"):
+        result = train_student(train, validation, LABELS, tiny_cfg(tiny_bert_dir, epochs=1),
+                               tmp_path / "s")
+    assert (result.used, result.skipped) == (30, 4)
+    assert "skipped 4 rows" in caplog.text
+
+
+def test_existing_output_is_refused(tiny_bert_dir, toy_split, tmp_path) -> None:
+    out = tmp_path / "student"
+    out.mkdir()
+    with pytest.raises(UsageError, match="exists: pass a new --out or delete it"):
+        train_student(*toy_split, LABELS, tiny_cfg(tiny_bert_dir), out)
+
+
+def test_missing_probability_columns_are_a_data_error(tiny_bert_dir, toy_split, tmp_path):
+    train, validation = toy_split
+    with pytest.raises(DataError, match="prob_neutral"):
+        train_student(train.drop(columns="prob_neutral"), validation, LABELS,
+                      tiny_cfg(tiny_bert_dir), tmp_path / "s")
+
+
+def test_ok_rows_without_probabilities_are_a_data_error(tiny_bert_dir, toy_split, tmp_path):
+    train, validation = toy_split
+    train.loc[5, "prob_positive"] = np.nan
+    with pytest.raises(DataError, match="id t5"):
+        train_student(train, validation, LABELS, tiny_cfg(tiny_bert_dir), tmp_path / "s")
+
+
+def test_a_split_without_ok_rows_is_a_data_error(tiny_bert_dir, toy_split, tmp_path) -> None:
+    train, validation = toy_split
+    with pytest.raises(DataError, match="validation split has no rows annotated ok"):
+        train_student(train, validation.assign(status="error"), LABELS,
+                      tiny_cfg(tiny_bert_dir), tmp_path / "s")
+
+
+def test_unknown_student_model_is_a_usage_error(toy_split, tmp_path) -> None:
+    with pytest.raises(UsageError, match="cannot load student model"):
+        train_student(*toy_split, LABELS, StudentConfig(model=str(tmp_path / "nope")),
+                      tmp_path / "s")
+
+
+def test_roberta_student_trains(tiny_roberta_dir, toy_split, tmp_path) -> None:
+    out = tmp_path / "roberta"
+    result = train_student(*toy_split, LABELS, tiny_cfg(tiny_roberta_dir, epochs=4), out)
+    assert result.validation_agreement > 0.5
+    clf = StudentClassifier.load(out)
+    assert clf.labels == LABELS
+    assert clf.max_length == 32
+    probs = clf.predict_proba(["love it", "a " * 200])  # the long one is truncated, not an error
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+# ---- inference --------------------------------------------------------------------------------
+
+def test_predict_proba_preserves_input_order(trained) -> None:
+    _, out = trained
+    clf = StudentClassifier.load(out, threads=None)
+    texts = ["awful", "so great and happy and wonderful today", "the meeting", "",
+             "love it best amazing", "terrible broken worst sad thing really"]
+    batched = clf.predict_proba(texts, batch_size=2, progress=True)
+    one_by_one = np.vstack([clf.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert batched.shape == (6, 3)
+    np.testing.assert_allclose(batched.sum(axis=1), 1.0, atol=1e-6)
+    assert clf.predict(texts, batch_size=4) == [LABELS[i] for i in batched.argmax(axis=1)]
+
+
+def test_predict_on_no_texts_is_empty(trained) -> None:
+    clf = StudentClassifier.load(trained[1])
+    assert clf.predict_proba([]).shape == (0, 3)
+    assert clf.predict([]) == []
+    assert clf.parameters == trained[0].parameters
