@@ -57,15 +57,15 @@ class StudentConfig(_Strict):
     model: str = Field("minilm-l6", description="embedded name, HF id or local folder")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft (KL) term")
     temperature: float = Field(2.0, gt=0.0)
-    epochs: int = 6
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_length: int = 128
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="share of steps warming up")
+    max_length: int = Field(128, ge=8, description="tokens per text; longer ones are truncated")
     seed: int = 42
-    early_stopping_patience: int = 2
-    threads: int | None = None
+    early_stopping_patience: int = Field(2, ge=1, description="epochs without a better agreement")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; torch's default if unset")
 
 
 class EvaluateConfig(_Strict):
