@@ -275,6 +275,8 @@ def train_student(
         report_to="none",
         disable_tqdm=False,
         remove_unused_columns=False,
+        # without this, accelerate treats torchrun on a CPU-only machine as one process per rank
+        use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     with args.main_process_first(desc="clear stale checkpoints"):
