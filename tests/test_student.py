@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from llmdistill.config import StudentConfig
 from llmdistill.errors import DataError, UsageError
 from llmdistill.student.losses import distillation_loss
+from llmdistill.student.model_card import RESULT_FIELDS, update_metrics
 from llmdistill.student.predict import StudentClassifier
 from llmdistill.student.train import TrainResult, train_student
 
@@ -31,8 +34,8 @@ def _restore_torch_threads():
 
 def tiny_cfg(model_dir: Path, **overrides) -> StudentConfig:
     """Settings under which the tiny random encoders learn the toy task in seconds."""
-    base = {"model": str(model_dir), "epochs": 10, "batch_size": 16, "learning_rate": 1e-2,
-            "warmup_ratio": 0.0, "early_stopping_patience": 3, "max_length": 32, "threads": 1}
+    base = {"model": str(model_dir), "epochs": 8, "batch_size": 16, "learning_rate": 3e-3,
+            "warmup_ratio": 0.2, "early_stopping_patience": 3, "max_length": 32, "threads": 1}
     return StudentConfig(**{**base, **overrides})
 
 
@@ -115,7 +118,7 @@ def test_training_learns_a_separable_toy_task(trained) -> None:
     assert result.model_dir == out
     assert result.validation_agreement >= 0.8  # chance is 1/3
     assert result.used == 120 and result.skipped == 0
-    assert 1 <= result.best_epoch <= 10
+    assert 1 <= result.best_epoch <= 8
     assert result.samples_per_second > 0 and result.train_seconds > 0
     assert 500_000 < result.parameters < 2_000_000
 
@@ -151,6 +154,23 @@ def test_model_folder_carries_a_model_card_and_the_run_record(trained) -> None:
     assert record["validation_agreement"] == pytest.approx(result.validation_agreement)
     assert record["metrics"]["test"]["accuracy"] == 0.75
     assert record["student_config"]["max_length"] == 32
+
+
+def test_metrics_known_after_training_can_be_added_to_the_card(trained, tmp_path) -> None:
+    _, out = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    update_metrics(copy, {"test": {"accuracy": 0.625, "neutral_recall": 0.5}})
+    card = (copy / "README.md").read_text()
+    assert "test.neutral_recall | 0.5 |" in card and "toy-teacher" in card
+    assert "| used | 120 |" in card
+    record = json.loads((copy / "llmdistill.json").read_text())
+    assert record["metrics"] == {"test": {"accuracy": 0.625, "neutral_recall": 0.5}}
+    assert record["teacher"] == {"spec": "toy-teacher"}
+
+
+def test_result_fields_listed_for_the_card_match_train_result() -> None:
+    assert tuple(f.name for f in dataclasses.fields(TrainResult)) == RESULT_FIELDS
 
 
 def test_gold_labels_do_not_change_training(trained, tiny_bert_dir, toy_split_m, tmp_path) -> None:
@@ -216,7 +236,7 @@ def test_unknown_student_model_is_a_usage_error(toy_split, tmp_path) -> None:
 def test_roberta_student_trains(tiny_roberta_dir, toy_split, tmp_path) -> None:
     out = tmp_path / "roberta"
     result = train_student(*toy_split, LABELS, tiny_cfg(tiny_roberta_dir, epochs=4), out)
-    assert result.validation_agreement > 0.5
+    assert result.validation_agreement >= 0.6  # chance is 1/3
     clf = StudentClassifier.load(out)
     assert clf.labels == LABELS
     assert clf.max_length == 32

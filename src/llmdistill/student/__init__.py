@@ -14,6 +14,7 @@ _EXPORTS = {
     "train_student": "llmdistill.student.train",
     "StudentClassifier": "llmdistill.student.predict",
     "render_model_card": "llmdistill.student.model_card",
+    "update_metrics": "llmdistill.student.model_card",
 }
 
 __all__ = sorted(_EXPORTS)

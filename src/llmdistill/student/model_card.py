@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 LICENSE = "Apache-2.0"
+MANIFEST_FILE = "llmdistill.json"
+# llmdistill.json is the caller's manifest plus these keys (RESULT_FIELDS mirror TrainResult)
+RESULT_FIELDS = ("model_dir", "used", "skipped", "best_epoch", "validation_agreement",
+                 "samples_per_second", "train_seconds", "parameters")
+RECORD_FIELDS = ("llmdistill_version", "labels", "student_config")
 
 
 def render_model_card(
@@ -106,6 +113,32 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def update_metrics(model_dir: str | Path, metrics: Mapping[str, Any]) -> None:
+    """Record evaluation metrics in a trained folder's llmdistill.json and README.md.
+
+    Training comes before evaluation, so the card written at training time has no test metrics;
+    call this once they are known. Both files are replaced atomically.
+    """
+    model_dir = Path(model_dir)
+    record = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    record["metrics"] = dict(metrics)
+    manifest = {k: v for k, v in record.items() if k not in RESULT_FIELDS + RECORD_FIELDS}
+    card = render_model_card(
+        record["labels"],
+        record["student_config"],
+        {k: record[k] for k in RESULT_FIELDS if k in record},
+        manifest,
+    )
+    _atomic_write(model_dir / MANIFEST_FILE, json.dumps(record, indent=2, default=str) + "\n")
+    _atomic_write(model_dir / "README.md", card)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _describe(value: Any, missing: str) -> list[str]:

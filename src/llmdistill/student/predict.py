@@ -12,8 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from llmdistill.config import StudentConfig
 from llmdistill.errors import UsageError
-
-MANIFEST_FILE = "llmdistill.json"
+from llmdistill.student.model_card import MANIFEST_FILE
 
 
 class StudentClassifier:

@@ -38,12 +38,11 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from llmdistill import __version__
-from llmdistill.assets import student_path
+from llmdistill.assets import ASSETS, student_path
 from llmdistill.config import StudentConfig
 from llmdistill.errors import DataError, UsageError
 from llmdistill.student.losses import distillation_loss
-from llmdistill.student.model_card import render_model_card
-from llmdistill.student.predict import MANIFEST_FILE
+from llmdistill.student.model_card import MANIFEST_FILE, render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -317,8 +316,11 @@ def train_student(
             result.best_epoch, result.validation_agreement, result.samples_per_second,
         )
         if trainer.is_world_process_zero():
+            embedded = ASSETS.get(cfg.model)
+            base = embedded.description if embedded and embedded.kind == "student" else cfg.model
+            manifest = {"base_model": base, **(manifest or {})}
             record = {
-                **(manifest or {}),
+                **manifest,
                 "llmdistill_version": __version__,
                 "labels": labels,
                 "student_config": cfg.model_dump(mode="json"),
