@@ -301,12 +301,13 @@ def train_student(
         trainer.accelerator.wait_for_everyone()
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         epochs_run = float(trainer.state.epoch or 0.0)
+        best = trainer.state.best_metric
         result = TrainResult(
             model_dir=out_dir,
             used=len(tr.texts),
             skipped=tr.skipped,
             best_epoch=_best_epoch(trainer),
-            validation_agreement=float(trainer.state.best_metric or math.nan),
+            validation_agreement=math.nan if best is None else float(best),
             samples_per_second=len(tr.texts) * epochs_run / seconds,
             train_seconds=seconds,
             parameters=sum(p.numel() for p in unwrapped.parameters()),
