@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from tiny_lm import make_tiny_lm
 
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import TeacherError
 from llmdistill.teachers import load_teacher, parse_spec
 from llmdistill.teachers.hf import HFTeacher
 from llmdistill.teachers.prompts import label_variants, pick_demos, render_prompt
-from tiny_lm import make_tiny_lm
 
 LABELS = ["negative", "neutral", "positive"]
 DEMOS = [{"id": "d1", "text": "i love it", "label": "positive"},

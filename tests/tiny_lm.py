@@ -1,4 +1,4 @@
-"""A tiny randomly initialised chat LM (word-level tokenizer, Llama architecture) for teacher tests."""
+"""A tiny random chat LM (word-level tokenizer, Llama architecture) for teacher tests."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-WORDS = ("text : the a is was very good bad fine great awful okay flight movie day i love hate "
-         "it this negative neutral positive Negative Neutral Positive NEGATIVE NEUTRAL POSITIVE "
-         "labels answer with exactly one word classify sentiment of - ,  . ! ? system user "
-         "assistant").split()
+WORDS = [
+    "text", ":", "the", "a", "is", "was", "very", "good", "bad", "fine", "great", "awful", "okay",
+    "flight", "movie", "day", "i", "love", "hate", "it", "this", "negative", "neutral",
+    "positive", "Negative", "Neutral", "Positive", "NEGATIVE", "NEUTRAL", "POSITIVE", "labels",
+    "answer", "with", "exactly", "one", "word", "classify", "sentiment", "of", "-", ",", ".", "!",
+    "?", "system", "user", "assistant",
+]
 TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> "
             "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
 

@@ -57,8 +57,8 @@ def annotate_cmd(
     data: Annotated[str, typer.Option(help="CSV/JSONL/Parquet file or embedded split "
                                            "(tweets:train).")],
     out: Annotated[Path, typer.Option(help="Annotation Parquet file to write.")],
-    teacher: Annotated[str | None, typer.Option(help="qwen2.5-1.5b, smollm2-135m, "
-                                                     "llamacpp:PATH.gguf or hf:ID_OR_PATH.")] = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="qwen2.5-1.5b, smollm2-135m, llamacpp:PATH.gguf or hf:ID_OR_PATH.")] = None,
     demos: Annotated[str | None, typer.Option(help="Labelled data to draw few-shot demos from "
                                                    "(default: the embedded train split).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,

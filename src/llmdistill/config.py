@@ -65,7 +65,8 @@ class StudentConfig(_Strict):
     max_length: int = Field(128, ge=8, description="tokens per text; longer ones are truncated")
     seed: int = 42
     early_stopping_patience: int = Field(2, ge=1, description="epochs without a better agreement")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; torch's default if unset")
+    threads: int | None = Field(None, ge=1,
+                                description="torch CPU threads; torch's default if unset")
 
 
 class EvaluateConfig(_Strict):

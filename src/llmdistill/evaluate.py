@@ -257,7 +257,7 @@ def _teacher_columns(gold_df: pd.DataFrame, teacher_df: pd.DataFrame, labels: li
     cols = [f"prob_{lab}" for lab in labels]
     probs = None
     if all(c in t.columns for c in cols):
-        probs = t[cols].to_numpy(dtype=np.float64)
+        probs = t[cols].to_numpy(dtype=np.float64, copy=True)
         probs[~ok] = np.nan
     return pred, probs, status
 

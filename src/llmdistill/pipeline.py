@@ -26,6 +26,7 @@ from llmdistill.config import EvaluateConfig, RunConfig, StudentConfig, TeacherC
 from llmdistill.data import frame_hash, load_dataset, text_hash
 from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
 from llmdistill.report import print_summary, write_report
+from llmdistill.student.model_card import update_metrics
 from llmdistill.teachers import load_teacher
 from llmdistill.teachers.prompts import pick_demos
 
@@ -78,6 +79,7 @@ def train(annotations: pd.DataFrame, labels: list[str], cfg: StudentConfig, out_
     from llmdistill.student.train import train_student
 
     tr, val = train_split(annotations, cfg.seed)
+    manifest = {**manifest, "student": cfg.model_dump(mode="json")}
     return train_student(tr, val, labels, cfg, out_dir, manifest)
 
 
@@ -202,9 +204,22 @@ def run(cfg: RunConfig) -> dict:
     test = ds.splits["test"]
     test = test[~test["id"].isin(demo_ids)]
     metrics = evaluate(student_dir, test, labels, cfg.evaluate, table, manifest, out_dir=out)
+    update_metrics(student_dir, card_metrics(metrics))
     print_summary(metrics, Console())
     console.print(f"report: {out / 'report.md'}")
     return metrics
+
+
+def card_metrics(metrics: dict) -> dict:
+    """The few numbers the model card shows: test accuracy and macro-F1 with intervals."""
+    out: dict = {"test_texts": metrics["n"]}
+    for who in ("student", "teacher"):
+        if m := metrics.get(who):
+            out[f"{who}_accuracy"] = m["accuracy"]
+            out[f"{who}_macro_f1"] = m["macro_f1"]
+    if c := metrics.get("student_vs_teacher"):
+        out["agreement_with_teacher"] = c["agreement"]
+    return out
 
 
 def _matching_student(student_dir: Path, key: dict) -> bool:

@@ -64,6 +64,7 @@ class LlamaCppTeacher(PrefixScorer):
         self.id = f"llamacpp:{name}@{fingerprint}"
         self.info = {"backend": "llama.cpp", "model": name, "path": str(model_path),
                      "fingerprint": fingerprint, "n_ctx": cfg.n_ctx, "threads": threads,
+                     "parameters": int(llama_cpp.llama_model_n_params(self.llm.model)),
                      "decoding": "label scoring: next-token probabilities, no sampling",
                      "llama_cpp_python": llama_cpp.__version__}
         super().__init__(labels, prompt, cfg.max_text_chars)

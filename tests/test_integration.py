@@ -1,0 +1,104 @@
+"""annotate → train → evaluate with the packaged smollm2-135m teacher and minilm-l6 student."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from llmdistill.config import DataConfig
+from llmdistill.data import load_dataset
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args, env, check=True):
+    r = subprocess.run([sys.executable, "-m", "llmdistill.cli", *args], capture_output=True,
+                       text=True, env=env, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def cached_rows(db):
+    if not db.exists():
+        return {}
+    with sqlite3.connect(db) as c:
+        try:
+            return {h: (s, p, t) for h, s, p, t in
+                    c.execute("SELECT text_hash, status, probs, created FROM annotations")}
+        except sqlite3.OperationalError:  # table not created yet
+            return {}
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {**os.environ, "LLMDISTILL_CACHE": str(tmp_path / "cache")}
+
+
+def test_killed_annotation_run_resumes_relabelling_nothing_and_losing_nothing(tmp_path, env):
+    db = tmp_path / "cache" / "annotations.sqlite"
+    out = tmp_path / "a.parquet"
+    args = ["annotate", "--data", "tweets:test", "--limit", "80", "--teacher", "smollm2-135m",
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "llmdistill.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(cached_rows(db)) < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = cached_rows(db)
+    assert 20 <= len(before) < 80, "the kill should land midway"
+    assert not out.exists(), "a killed run must not leave a store behind"
+
+    cli(*args, env=env)
+    after = cached_rows(db)
+    assert len(after) == 80
+    assert all(after[h] == row for h, row in before.items()), "cached texts were relabelled"
+    table = pd.read_parquet(out)
+    assert len(table) == 80 and (table["status"] == "ok").all()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_annotate_train_evaluate_end_to_end(tmp_path, env):
+    ds = load_dataset(DataConfig())
+    train = tmp_path / "train.csv"
+    test = tmp_path / "test.csv"
+    ds.splits["train"].head(100).to_csv(train, index=False)
+    ds.splits["test"].head(60).to_csv(test, index=False)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("student:\n  epochs: 1\n  batch_size: 16\nteacher:\n  n_demos: 3\n")
+    common = ["--teacher", "smollm2-135m", "--demos", "tweets:train", "--config", str(cfg)]
+    cli("annotate", "--data", str(train), "--out", str(tmp_path / "train.parquet"), *common,
+        env=env)
+    cli("annotate", "--data", str(test), "--out", str(tmp_path / "test.parquet"), *common,
+        env=env)
+    cli("train", "--annotations", str(tmp_path / "train.parquet"), "--out",
+        str(tmp_path / "student"), "--config", str(cfg), env=env)
+    cli("evaluate", "--student", str(tmp_path / "student"), "--data", str(test),
+        "--teacher-annotations", str(tmp_path / "test.parquet"), "--out",
+        str(tmp_path / "report"), env=env)
+
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["n"] == 60
+    for who in ("teacher", "student"):
+        acc = metrics[who]["accuracy"]
+        assert acc["low"] <= acc["value"] <= acc["high"]
+    assert 0 <= metrics["student_vs_teacher"]["p_value"] <= 1
+    assert "McNemar" in (tmp_path / "report" / "report.md").read_text()
+
+    r = cli("predict", "--student", str(tmp_path / "student"), "what a lovely day", env=env)
+    assert json.loads(r.stdout)["label"] in ("negative", "neutral", "positive")
+
+    # the model folder is a plain HF folder: transformers loads it without llmdistill
+    code = ("from transformers import pipeline; import sys; "
+            "p = pipeline('text-classification', model=sys.argv[1]); print(p('great')[0]['label'])")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "student")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() in ("negative", "neutral", "positive"), r.stderr[-1000:]
