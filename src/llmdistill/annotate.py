@@ -48,6 +48,10 @@ class AnnotationCache:
             "text_hash TEXT, status TEXT, probs TEXT, label_mass REAL, seconds REAL, "
             "tokens INTEGER, raw TEXT, created REAL, "
             "PRIMARY KEY (teacher, prompt_hash, text_hash))")
+        # dollars of priced API calls; a table of its own keeps older caches readable
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS costs (teacher TEXT, prompt_hash TEXT, text_hash TEXT, "
+            "cost REAL, PRIMARY KEY (teacher, prompt_hash, text_hash))")
 
     def get(self, teacher: str, prompt_hash: str, hashes: Iterable[str]) -> dict[str, Annotation]:
         out: dict[str, Annotation] = {}
@@ -55,12 +59,13 @@ class AnnotationCache:
         for i in range(0, len(hashes), 500):
             chunk = hashes[i:i + 500]
             rows = self.db.execute(
-                "SELECT text_hash, status, probs, label_mass, seconds, tokens, raw FROM "
-                f"annotations WHERE teacher=? AND prompt_hash=? AND text_hash IN "
+                "SELECT a.text_hash, status, probs, label_mass, seconds, tokens, raw, cost "
+                "FROM annotations a LEFT JOIN costs c USING (teacher, prompt_hash, text_hash) "
+                f"WHERE a.teacher=? AND a.prompt_hash=? AND a.text_hash IN "
                 f"({','.join('?' * len(chunk))})", [teacher, prompt_hash, *chunk])
-            for h, status, probs, mass, secs, tokens, raw in rows:
+            for h, status, probs, mass, secs, tokens, raw, cost in rows:
                 out[h] = Annotation(json.loads(probs) if probs else None, status, secs,
-                                    mass, raw, tokens or 0)
+                                    mass, raw, tokens or 0, cost or 0.0)
         return out
 
     def put(self, teacher: str, prompt_hash: str, h: str, a: Annotation) -> None:
@@ -69,6 +74,9 @@ class AnnotationCache:
                 "INSERT OR REPLACE INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [teacher, prompt_hash, h, a.status, json.dumps(a.probs) if a.probs else None,
                  a.label_mass, a.seconds, a.tokens, a.raw, time.time()])
+            if a.cost:
+                self.db.execute("INSERT OR REPLACE INTO costs VALUES (?,?,?,?)",
+                                [teacher, prompt_hash, h, a.cost])
 
     def close(self) -> None:
         self.db.close()
@@ -81,14 +89,19 @@ def progress_bar() -> Progress:
                     TextColumn("ETA"), TimeRemainingColumn())
 
 
+class BudgetReached(UsageError):
+    """The spending cap was reached; everything labelled so far is in the cache."""
+
+
 def annotate(frame: pd.DataFrame, teacher: Teacher, cache: AnnotationCache,
-             retry_failed: bool = False, batch_size: int = 8,
-             description: str = "annotating") -> pd.DataFrame:
+             retry_failed: bool = False, description: str = "annotating") -> pd.DataFrame:
     """Label every text in `frame` (columns id, text, optional label/split) with `teacher`.
 
     Returns the frame with the teacher's label, per-class probabilities and status per row.
     Texts already in the cache are not labelled again (non-ok ones too, unless retry_failed).
+    Raises BudgetReached when the teacher's spending cap stops the run early.
     """
+    batch_size = teacher.batch_size
     hashes = frame["text"].map(text_hash)
     unique = dict(zip(hashes, frame["text"], strict=True))
     done = cache.get(teacher.id, teacher.prompt_hash, unique)
@@ -98,6 +111,10 @@ def annotate(frame: pd.DataFrame, teacher: Teacher, cache: AnnotationCache,
             task = bar.add_task(description, total=len(todo), rate="")
             start = time.perf_counter()
             for i in range(0, len(todo), batch_size):
+                if teacher.over_budget():
+                    raise BudgetReached(
+                        f"spent ${teacher.spent:.4f}, the cap, after {i} of {len(todo)} new "
+                        "texts; they are cached: rerun with a higher max_cost to continue")
                 batch = todo[i:i + batch_size]
                 for h, ann in zip(batch, teacher.label_probs([unique[h] for h in batch]),
                                   strict=True):
@@ -125,6 +142,8 @@ def to_frame(frame: pd.DataFrame, hashes: pd.Series, done: dict[str, Annotation]
     out["status"] = [a.status for a in anns]
     out["label_mass"] = [a.label_mass for a in anns]
     out["seconds"] = [a.seconds for a in anns]
+    out["tokens"] = [a.tokens for a in anns]
+    out["cost"] = [a.cost for a in anns]
     out["teacher"] = teacher.id
     out["prompt_hash"] = teacher.prompt_hash
     out["raw"] = [a.raw for a in anns]

@@ -63,6 +63,10 @@ def annotate_cmd(
                                                    "(default: the embedded train split).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Label non-ok cached texts again.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Estimate tokens and dollars; spend "
+                                               "nothing.")] = False,
+    max_cost: Annotated[float | None, typer.Option(help="Stop cleanly at this many dollars; "
+                                                        "a rerun resumes.")] = None,
     config: ConfigOpt = None, text_column: TextCol = None, label_column: LabelCol = None,
 ) -> None:
     """Label texts with a teacher LLM: per-class probabilities, cached and resumable."""
@@ -74,7 +78,9 @@ def annotate_cmd(
     cfg = _config(config, text_column, label_column)
     if teacher:
         cfg.teacher.spec = teacher
-    if out.exists():
+    if max_cost is not None:
+        cfg.teacher.api.max_cost = max_cost
+    if out.exists() and not dry_run:
         raise UsageError(f"{out} already exists: pass a new --out or delete it")
     frame, labels = data_mod.resolve(data, cfg.data)
     embedded = ":" in data and not Path(data).exists()
@@ -92,6 +98,10 @@ def annotate_cmd(
         else frame
     if limit:
         frame = frame.head(limit)
+    if dry_run:
+        est = pipeline.estimate(frame, labels, demo_rows, cfg.teacher, cfg.resolved_cache_dir())
+        print(json.dumps(est, indent=2))
+        return
     table, manifest = pipeline.annotate_texts(frame, labels, demo_rows, cfg.teacher,
                                               cfg.resolved_cache_dir(), retry_failed)
     write_annotations(table, out, manifest)

@@ -37,6 +37,27 @@ class DataConfig(_Strict):
     max_test: int | None = 600
 
 
+class ApiConfig(_Strict):
+    """How an `openai:MODEL@BASE_URL` teacher is called: politeness, method, price, budget."""
+
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the key (never stored)")
+    mode: str = Field("logprobs", pattern="^(logprobs|votes|reasoning)$",
+                      description="logprobs: one token's top logprobs; votes: k samples; "
+                                  "reasoning: rationale then a JSON label")
+    top_logprobs: int = Field(20, ge=1, le=20, description="servers cap it at 20")
+    samples: int = Field(5, ge=1, description="k for votes and reasoning self-consistency")
+    sample_temperature: float = Field(0.7, gt=0.0)
+    reasoning_max_tokens: int = 200
+    concurrency: int = Field(16, ge=1)
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_retries: int = Field(6, ge=0, description="on 429, 5xx, timeouts, dropped connections")
+    timeout: float = Field(60.0, gt=0, description="seconds per request")
+    price_input_per_million: float | None = Field(None, description="$; else the price table")
+    price_output_per_million: float | None = None
+    max_cost: float | None = Field(None, description="$: stop cleanly when reached; rerun resumes")
+
+
 class TeacherConfig(_Strict):
     """The LLM that labels: which model, and the prompt it sees."""
 
@@ -49,6 +70,7 @@ class TeacherConfig(_Strict):
     n_ctx: int = 2048
     n_threads: int | None = Field(None, description="CPU threads; all cores if unset")
     max_text_chars: int = 1000
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
 
 class StudentConfig(_Strict):

@@ -60,8 +60,23 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
         "data_hash": frame_hash(frame),
         "annotate_wall_seconds": wall,
         "seconds_per_text": float(np.mean(table["seconds"])),
+        "tokens": int(table["tokens"].sum()),
+        "dollars": float(table["cost"].sum()),
+        "dollars_per_1000": float(table["cost"].sum()) / max(len(table), 1) * 1000,
     }
     return table, manifest
+
+
+def estimate(frame: pd.DataFrame, labels: list[str], demos: list[dict], cfg: TeacherConfig,
+             cache_dir: Path) -> dict:
+    """--dry-run: what labelling `frame` would cost, before spending anything."""
+    teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
+    try:
+        if not hasattr(teacher, "estimate"):
+            return {"texts": len(frame), "dollars": 0.0, "note": f"{cfg.spec} runs locally"}
+        return teacher.estimate(frame["text"].tolist())
+    finally:
+        teacher.close()
 
 
 def train_split(annotations: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -110,7 +125,10 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
                            Path(tm["path"]).exists() else None,
                            "speed": {"seconds_per_text": teacher_manifest.get("seconds_per_text")}
                            if teacher_manifest and teacher_manifest.get("seconds_per_text")
-                           else {}}
+                           else {},
+                           "cost": {k: teacher_manifest.get(k) for k in
+                                    ("tokens", "dollars", "dollars_per_1000")}
+                           if teacher_manifest else None}
     info["manifest"] = {"llmdistill_version": __version__, "student_dir": str(student_dir),
                         "gold_hash": frame_hash(gold),
                         "teacher": (teacher_manifest or {}).get("teacher"),

@@ -20,9 +20,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if spec in EMBEDDED:
         return "embedded", spec
     backend, sep, target = spec.partition(":")
-    if not sep or backend not in ("llamacpp", "hf") or not target:
+    if not sep or backend not in ("llamacpp", "hf", "openai") or not target:
         raise TeacherError(f"unknown teacher {spec!r}: use {', '.join(EMBEDDED)}, "
-                           "llamacpp:PATH.gguf or hf:ID_OR_PATH")
+                           "llamacpp:PATH.gguf, hf:ID_OR_PATH or openai:MODEL@BASE_URL")
     return backend, target
 
 
@@ -41,5 +41,8 @@ def load_teacher(spec: str, labels: list[str], demos: list[dict], cfg: TeacherCo
         from llmdistill.teachers.llamacpp import LlamaCppTeacher
         path = Path(target).expanduser()
         return LlamaCppTeacher(path, path.stem, labels, demos, cfg)
+    if backend == "openai":
+        from llmdistill.teachers.openai_api import OpenAITeacher
+        return OpenAITeacher(target, labels, demos, cfg)
     from llmdistill.teachers.hf import HFTeacher
     return HFTeacher(target, labels, demos, cfg)

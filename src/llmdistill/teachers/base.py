@@ -30,6 +30,7 @@ class Annotation:
     label_mass: float | None = None  # probability the model put on any label spelling
     raw: str | None = None
     tokens: int = 0
+    cost: float = 0.0  # dollars, for priced API teachers
 
 
 class Teacher(ABC):
@@ -39,6 +40,12 @@ class Teacher(ABC):
     labels: list[str]
     prompt_hash: str
     info: dict
+    batch_size: int = 8  # texts per label_probs call: the unit of progress and of commits
+    spent: float = 0.0  # dollars so far
+
+    def over_budget(self) -> bool:
+        """True once a configured spending cap is reached (API teachers)."""
+        return False
 
     @abstractmethod
     def label_probs(self, texts: list[str]) -> list[Annotation]:

@@ -1,0 +1,153 @@
+"""The OpenAI-compatible teacher against a real server: llama-cpp-python's, on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pandas as pd
+import pytest
+
+from fault_proxy import FaultProxy
+from llmdistill import assets
+from llmdistill.annotate import AnnotationCache, BudgetReached, annotate
+from llmdistill.config import TeacherConfig
+from llmdistill.errors import TeacherError
+from llmdistill.teachers import STATUSES, load_teacher
+from llmdistill.teachers.openai_api import parse_label
+
+pytestmark = pytest.mark.integration
+LABELS = ["negative", "neutral", "positive"]
+TEXTS = ["I hate mondays so much", "what a wonderful day :)", "Flight 22 departs at noon",
+         "my bag is lost again", "thanks for the upgrade!", "the meeting is at 3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(assets.smollm2_gguf()),
+         "--model_alias", "smol", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/models", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+@pytest.fixture(autouse=True)
+def _close_teachers():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+OPEN = []
+
+
+def teacher(url, **api):
+    cfg = TeacherConfig(spec=f"openai:smol@{url}")
+    cfg.api = cfg.api.model_copy(update=api)
+    t = load_teacher(cfg.spec, LABELS, [], cfg, None)
+    OPEN.append(t)
+    return t
+
+
+def frame(texts):
+    return pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts})
+
+
+def test_logprobs_give_probabilities_over_the_labels(server):
+    t = teacher(server, concurrency=4)
+    anns = t.label_probs(TEXTS)
+    for a in anns:
+        raw = json.loads(a.raw)
+        assert raw["method"] in ("logprobs", "votes")
+        if a.status == "ok":
+            assert abs(sum(a.probs) - 1) < 1e-9 and 0 < a.label_mass <= 1.0001
+    assert sum(a.status == "ok" for a in anns) >= 4
+    assert t.label_probs(TEXTS[:2])[0].probs == anns[0].probs  # temperature 0: reproducible
+
+
+def test_votes_and_reasoning_modes_account_for_every_text(server):
+    for mode in ("votes", "reasoning"):
+        anns = teacher(server, mode=mode, samples=3, reasoning_max_tokens=48).label_probs(
+            TEXTS[:2])
+        assert all(a.status in STATUSES for a in anns)
+        assert all(json.loads(a.raw)["method"] == mode for a in anns)
+
+
+def test_injected_faults_end_with_every_text_in_the_ledger(server, tmp_path):
+    faults = ["429", "500", "slow", "drop", "badjson", "429", "ok", "500"]
+    with FaultProxy(server, faults, slow_seconds=4) as proxy:
+        t = teacher(proxy.url, concurrency=2, timeout=2, max_retries=4)
+        out = annotate(frame(TEXTS), t, AnnotationCache(tmp_path / "c.sqlite"))
+    assert len(out) == len(TEXTS) and set(out["status"]) <= set(STATUSES)
+    assert (out["status"] == "ok").sum() >= len(TEXTS) - 1
+    assert not proxy.faults, "every injected fault was hit"
+
+
+def test_budget_stops_cleanly_and_a_rerun_resumes_without_relabelling(server, tmp_path):
+    cache = AnnotationCache(tmp_path / "c.sqlite")
+    t = teacher(server, concurrency=1, price_input_per_million=1000.0,
+                price_output_per_million=1000.0, max_cost=1e-9)
+    t.api = t.api.model_copy(update={"concurrency": 1})
+    with pytest.raises(BudgetReached, match="rerun with a higher max_cost"):
+        annotate(frame(TEXTS * 20), t, cache)
+    first = len(cache.get(t.id, t.prompt_hash, [__import__("llmdistill").data.text_hash(x)
+                                                 for x in TEXTS]))
+    assert 0 < first < len(TEXTS) * 20
+    t.api = t.api.model_copy(update={"max_cost": None})
+    out = annotate(frame(TEXTS), t, cache)
+    assert (out["cost"] > 0).all()
+
+
+def test_dry_run_estimates_tokens_and_dollars(server):
+    est = teacher(server, price_input_per_million=3.0, price_output_per_million=3.0).estimate(
+        TEXTS)
+    assert est["input_tokens"] > 0 and est["dollars"] > 0 and "approximation" in est["tokenizer"]
+
+
+def test_wrong_url_unknown_model_and_missing_key_are_one_line_errors(server, tmp_path):
+    with pytest.raises(TeacherError, match="cannot reach"):
+        teacher(f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(TeacherError, match="unknown model 'nope'"):
+        load_teacher(f"openai:nope@{server}", LABELS, [], TeacherConfig(), None)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    r = subprocess.run([sys.executable, "-m", "llmdistill.cli", "annotate", "--data",
+                        str(tmp_path / "d.csv"), "--out", str(tmp_path / "a.parquet"),
+                        "--teacher", "openai:gpt-4o-mini"], capture_output=True, text=True,
+                       env=env, input=None, timeout=120) if _write_csv(tmp_path) else None
+    assert r.returncode == 2 and "OPENAI_API_KEY" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _write_csv(tmp_path) -> bool:
+    (tmp_path / "d.csv").write_text("text,label\ngood,positive\nbad,negative\n")
+    return True
+
+
+def test_free_text_replies_are_parsed_to_labels_or_none():
+    assert parse_label("Positive.", LABELS) == "positive"
+    assert parse_label("The sentiment is neutral", LABELS) == "neutral"
+    assert parse_label("positive or negative", LABELS) is None
+    assert parse_label("I cannot help", LABELS) is None
