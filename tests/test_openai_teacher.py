@@ -10,8 +10,8 @@ import time
 import httpx
 import pandas as pd
 import pytest
-
 from fault_proxy import FaultProxy
+
 from llmdistill import assets
 from llmdistill.annotate import AnnotationCache, BudgetReached, annotate
 from llmdistill.config import TeacherConfig
