@@ -108,9 +108,8 @@ class OpenAITeacher(Teacher):
         self.labels, self.cfg, self.demos = labels, cfg, demos
         self._openai = openai
         self._loop = asyncio.new_event_loop()
-        self._client = openai.AsyncOpenAI(api_key=key, base_url=self.base_url,
-                                          max_retries=self.api.max_retries,
-                                          timeout=self.api.timeout)
+        self.api = cfg.api
+        self._client = self._run(self._make_client(key))
         price = PRICES.get(self.model, (0.0, 0.0) if is_loopback(self.base_url) else (None, None))
         self.price_in = self.api.price_input_per_million
         self.price_out = self.api.price_output_per_million
@@ -137,6 +136,16 @@ class OpenAITeacher(Teacher):
         self.prompt_chars = len(system_message(cfg, labels)) + sum(
             len(d["text"]) + 20 for d in demos)
         self._run(self._preflight())
+
+    async def _make_client(self, key: str):
+        """The SDK's async client; on aiohttp where installed (several times httpx's rate)."""
+        try:
+            http = self._openai.DefaultAioHttpClient()
+        except RuntimeError:  # the aiohttp extra is missing: the SDK's httpx default
+            http = None
+        return self._openai.AsyncOpenAI(api_key=key, base_url=self.base_url,
+                                        max_retries=self.api.max_retries,
+                                        timeout=self.api.timeout, http_client=http)
 
     @property
     def batch_size(self) -> int:
