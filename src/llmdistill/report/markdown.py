@@ -140,6 +140,17 @@ def _speed_rows(metrics: dict) -> tuple[list[list[str]], list[str]]:
     return rows, hardware
 
 
+def cost_line(metrics: dict) -> str | None:
+    """What labelling cost: tokens, dollars and dollars per 1,000 labels (priced teachers)."""
+    cost = _model(metrics, "teacher").get("cost") or {}
+    if not cost.get("tokens"):
+        return None
+    per = cost.get("dollars_per_1000") or 0.0
+    return (f"The teacher used {cost['tokens']:,} tokens for this run's annotations: "
+            f"${cost.get('dollars') or 0:.4f}, ${per:.4f} per 1,000 labels. The student's "
+            "marginal cost per prediction is its CPU time (see Speed).")
+
+
 def render_markdown(metrics: dict) -> str:
     """report.md: summary, paired test, warnings, per-class, confusion, calibration, speed."""
     labels, s = metrics["labels"], metrics.get("settings", {})
@@ -191,6 +202,8 @@ def render_markdown(metrics: dict) -> str:
                 _table(["model", "parameters", "size on disk", "throughput (texts/s)",
                         "latency p50 / p90 / p99 (ms, batch 1)"], rows)]
         out += ["Measured on:\n" + "\n".join(f"- {h}" for h in hardware)] if hardware else []
+    if line := cost_line(metrics):
+        out += ["## Cost", line]
     if manifest := metrics.get("info", {}).get("manifest"):
         out += ["## Manifest", "```json\n" + json.dumps(_clean(manifest), indent=2) + "\n```"]
     return "\n\n".join(out) + "\n"
