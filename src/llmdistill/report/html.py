@@ -216,7 +216,7 @@ def _speed(metrics: dict) -> dict:
                   ("size on disk", size, "megabytes", "MB"),
                   ("throughput", throughput, "texts per second", "texts/s"),
                   ("time for one text", per_text, "milliseconds", "ms"))
-              if values]
+              if len(values) == 2]  # a chart compares; one model's number is in the table
     return {"rows": rows, "hardware": hardware, "charts": charts} if rows else {}
 
 
@@ -314,7 +314,7 @@ def rerender(run_dir: Path) -> dict[str, Path]:
 
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                          lstrip_blocks=True)
+                          lstrip_blocks=True, keep_trailing_newline=True)
 _TEMPLATE = _ENV.from_string("""\
 <!doctype html>
 <html lang="en">
