@@ -218,11 +218,11 @@ def test_report_without_teacher_or_predictions():
 
 def test_chart_labels_with_dollar_signs_are_text_not_mathtext():
     labels = ["$^$ refund", "$5 off", "a_b"]
-    uri = plots.confusion_chart([[1, 2, 0], [0, 3, 1], [2, 0, 4]], labels, labels, "gold",
-                                "teacher", plots.PALETTE["teacher"])
-    assert uri.startswith("data:image/svg+xml;base64,")
+    chart = plots.confusion_chart([[1, 2, 0], [0, 3, 1], [2, 0, 4]], labels, labels, "gold",
+                                  "teacher", plots.PALETTE["teacher"])
+    assert chart.uri.startswith("data:image/svg+xml;base64,") and chart.width > 200
     scores = {"teacher": {lab: {"precision": 0.5, "recall": 0.4} for lab in labels}}
-    assert plots.per_class_chart(scores, labels, "recall", {"teacher": {labels[0]}})
+    assert plots.per_class_chart(scores, labels, "recall", {"teacher": {labels[0]}}).width
 
 
 def test_write_html_and_rerender(run, page_source, tmp_path, monkeypatch):

@@ -104,14 +104,14 @@ def _confusions(metrics: dict) -> list[dict]:
             matrix = [[*row, u] for row, u in zip(matrix, m["unanswered_by_gold"], strict=True)]
             cols.append(NO_ANSWER)
         out.append({"title": f"{who} vs gold", "alt": f"Confusion matrix of the {who} against "
-                    "the gold labels", "uri": plots.confusion_chart(
+                    "the gold labels", "chart": plots.confusion_chart(
                         matrix, labels, cols, "gold label", f"{who}'s label", plots.PALETTE[who]),
                     "caption": f"Rows: gold; columns: {who}. Each cell: texts, and their share "
                                "of the row (the diagonal share is the recall)."})
     if c := metrics.get("student_vs_teacher"):
         lab = c["confusion_labels"]
         out.append({"title": "student vs teacher", "alt": "Confusion matrix of the student "
-                    "against the teacher", "uri": plots.confusion_chart(
+                    "against the teacher", "chart": plots.confusion_chart(
                         c["confusion"], lab, lab, "student's label", "teacher's label",
                         plots.PALETTE["student_vs_teacher"]),
                     "caption": "Rows: student; columns: teacher; the diagonal is where they "
@@ -127,7 +127,7 @@ def _per_class(metrics: dict, ratio: float) -> dict:
     collapsed = {who: _collapsed(m, ratio) for who, m in models.items()}
     scores = {who: m["per_class"] for who, m in models.items()}
     charts = [{"title": metric, "alt": f"{metric} per gold class, by model",
-               "uri": plots.per_class_chart(scores, labels, metric, collapsed)}
+               "chart": plots.per_class_chart(scores, labels, metric, collapsed)}
               for metric in ("precision", "recall")]
     tables = [{"model": who, "name": _name(metrics, who), "rows": [
         {"label": lab, "gold_share": _pct(c["gold_share"]),
@@ -149,7 +149,7 @@ def _calibration(metrics: dict) -> dict:
                      "confidence": f"{m['mean_confidence']:.3f}",
                      "accuracy": f"{m['accuracy']['value']:.3f}", "n": m["calibrated_n"]})
         charts.append({"title": who, "alt": f"Reliability diagram of the {who}",
-                       "uri": plots.reliability_chart(m["reliability"], who, m["ece"])})
+                       "chart": plots.reliability_chart(m["reliability"], who, m["ece"])})
     bins = (metrics.get("settings") or {}).get("ece_bins", 15)
     return {"rows": rows, "charts": charts, "bins": bins} if rows else {}
 
@@ -158,7 +158,7 @@ def _money(cost: dict | None) -> str:
     if not cost or cost.get("dollars_per_1000") is None:
         return DASH
     d = cost["dollars_per_1000"]
-    return "$0 billed" if d == 0 else f"${d:,.4g}"
+    return "$0 billed" if d == 0 else f"${d:,.2f}" if d >= 0.01 else f"${d:.2g}"
 
 
 def _duration(seconds: float) -> str:
@@ -211,7 +211,7 @@ def _speed(metrics: dict) -> dict:
             hardware.append(f"{who}: mean time per text while annotating"
                             f"{f' ({how}{threads})' if how else ''}")
     charts = [{"title": title, "alt": f"{title} of teacher and student",
-               "uri": plots.bar_chart(values, label, unit)}
+               "chart": plots.bar_chart(values, label, unit)}
               for title, values, label, unit in (
                   ("size on disk", size, "megabytes", "MB"),
                   ("throughput", throughput, "texts per second", "texts/s"),
@@ -372,7 +372,7 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 .figs.wide { grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); }
 figure { margin: 0; min-width: 0; }
 figure h3 { margin-top: .3rem; }
-figure img { display: block; width: 100%; max-width: 560px; height: auto; }
+figure img { display: block; max-width: 100%; height: auto; }  /* natural size: even text */
 td.name { min-width: 11em; }
 .kv td { padding: 3px 9px; }
 .kv td:first-child { white-space: nowrap; color: var(--muted); }
@@ -396,6 +396,9 @@ footer { margin-top: 2.5rem; font-size: .8rem; color: var(--muted); }
 </style>
 </head>
 <body>
+{% macro img(f) %}
+<img src="{{ f.chart.uri }}" width="{{ f.chart.width }}" alt="{{ f.alt }}">
+{%- endmacro %}
 <main>
 <header>
 <h1>llmdistill report</h1>
@@ -441,7 +444,7 @@ Student and teacher agree on {{ "%.1f" | format(100 * c.agreement) }}% of texts
 {% if not_ok %}
 <p>Texts without a usable teacher answer: {{ not_ok.count }} of {{ m.n }}
 {%- for status, count in not_ok.by_status.items() %}, {{ status }} {{ count }}{% endfor %}
-(counted as teacher errors, never dropped).</p>
+{{ " " }}(counted as teacher errors, never dropped).</p>
 {% endif %}
 {% if m.warnings %}
 <ul class="warnings">{% for w in m.warnings %}<li>{{ w }}</li>{% endfor %}</ul>
@@ -455,7 +458,7 @@ Student and teacher agree on {{ "%.1f" | format(100 * c.agreement) }}% of texts
 <h2>Confusion matrices</h2>
 <div class="figs">
 {% for f in confusions %}
-<figure><h3>{{ f.title }}</h3><img src="{{ f.uri }}" alt="{{ f.alt }}">
+<figure><h3>{{ f.title }}</h3>{{ img(f) }}
 <figcaption>{{ f.caption }}</figcaption></figure>
 {% endfor %}
 </div>
@@ -470,7 +473,7 @@ for fewer than {{ "%.0f" | format(100 * per_class.ratio) }}% of its share of the
 {% if per_class.any_collapsed %}its bars are hatched.{% else %}none is.{% endif %}</p>
 <div class="figs wide">
 {% for f in per_class.charts %}
-<figure><h3>{{ f.title }}</h3><img src="{{ f.uri }}" alt="{{ f.alt }}"></figure>
+<figure><h3>{{ f.title }}</h3>{{ img(f) }}</figure>
 {% endfor %}
 </div>
 {% for t in per_class.tables %}
@@ -481,7 +484,8 @@ for fewer than {{ "%.0f" | format(100 * per_class.ratio) }}% of its share of the
 <th class="num">support</th></tr></thead>
 <tbody>
 {% for r in t.rows %}
-<tr><td>{{ r.label }}{% if r.collapsed %} <span class="badge">collapsed</span>{% endif %}</td>
+<tr><td class="label">{{ r.label }}{% if r.collapsed %} <span class="badge">collapsed</span>
+{% endif %}</td>
 <td class="num">{{ r.gold_share }}</td><td class="num">{{ r.predicted_share }}</td>
 <td class="num">{{ r.precision }}</td><td class="num">{{ r.recall }}</td>
 <td class="num">{{ r.f1 }}</td><td class="num">{{ r.support }}</td></tr>
@@ -501,7 +505,7 @@ dots: the bin's mean confidence; below, how many texts fall in each bin.</p>
 <div class="figs">
 {% for f in calibration.charts %}
 <figure><h3 class="{{ f.title }}"><span class="chip"></span>{{ f.title }}</h3>
-<img src="{{ f.uri }}" alt="{{ f.alt }}"></figure>
+{{ img(f) }}</figure>
 {% endfor %}
 </div>
 <div class="scroll"><table>
@@ -509,7 +513,7 @@ dots: the bin's mean confidence; below, how many texts fall in each bin.</p>
 <th class="num">accuracy</th><th class="num">texts</th></tr></thead>
 <tbody>
 {% for r in calibration.rows %}
-<tr><td class="{{ r.model }}"><span class="chip"></span>{{ r.model }}</td>
+<tr><td class="label {{ r.model }}"><span class="chip"></span>{{ r.model }}</td>
 <td class="num">{{ r.ece }}</td><td class="num">{{ r.confidence }}</td>
 <td class="num">{{ r.accuracy }}</td><td class="num">{{ r.n }}</td></tr>
 {% endfor %}
@@ -544,7 +548,7 @@ annotating; local compute is not priced, and a dash means unknown.</p>
 {% endif %}
 <div class="figs">
 {% for f in speed.charts %}
-<figure><h3>{{ f.title }}</h3><img src="{{ f.uri }}" alt="{{ f.alt }}"></figure>
+<figure><h3>{{ f.title }}</h3>{{ img(f) }}</figure>
 {% endfor %}
 </div>
 </section>

@@ -1,4 +1,4 @@
-"""The report's charts: matplotlib figures rendered to SVG and returned as data: URIs.
+"""The report's charts: matplotlib figures rendered to SVG, as data: URIs with a width.
 
 One palette gives each model the same colour in every chart (and in the HTML around them).
 Figures are built with the object API (no pyplot, no global figure state) and text is drawn as
@@ -14,6 +14,7 @@ import io
 import textwrap
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,12 +36,12 @@ PALETTE = {  # Okabe–Ito: distinguishable with the common colour-vision defici
     "student_vs_teacher": "#6E6E6E",
 }
 MODELS = ("teacher", "student")
+ZOOM = 1.15  # CSS pixels per figure pixel: 10 pt chart text shows at about 15 px, as the page
 RC = {
     "svg.fonttype": "path",
     "svg.hashsalt": "llmdistill",  # stable ids: the same metrics give the same bytes
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
+    "font.size": 10,
+    "axes.labelsize": 10,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "legend.frameon": False,
@@ -51,11 +52,24 @@ def _style() -> AbstractContextManager:
     return mpl.rc_context(RC)
 
 
-def _uri(fig: Figure) -> str:
+@dataclass(frozen=True)
+class Chart:
+    """An SVG data: URI and the width in CSS pixels to show it at.
+
+    Every chart is shown at the same scale of its size in inches (ZOOM), so text has one size
+    across charts whatever their shape; CSS only shrinks a chart wider than the screen.
+    """
+
+    uri: str
+    width: int
+
+
+def _chart(fig: Figure) -> Chart:
     """The figure as an SVG data: URI (no date in the metadata, so output is reproducible)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", metadata={"Date": None})
-    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    uri = "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return Chart(uri, round(fig.get_figwidth() * 96 * ZOOM))
 
 
 def _text(s: object) -> str:
@@ -78,14 +92,14 @@ def _ramp(colour: str) -> LinearSegmentedColormap:
 
 
 def confusion_chart(matrix: Sequence[Sequence[int]], rows: Sequence[str], cols: Sequence[str],
-                    row_title: str, col_title: str, colour: str) -> str:
+                    row_title: str, col_title: str, colour: str) -> Chart:
     """Counts with each row's share; shaded by the row share so rare classes stay visible."""
     m = np.asarray(matrix, dtype=float)
     totals = m.sum(axis=1, keepdims=True)
     share = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
     n_rows, n_cols = m.shape
     k = max(n_rows, n_cols)
-    cell_font = 9.5 if k <= 4 else max(5.5, 9.5 - 0.5 * (k - 4))
+    cell_font = 10 if k <= 4 else max(6, 10 - 0.5 * (k - 4))
     with _style():
         fig = Figure(figsize=(max(2.9, 0.62 * k + 1.2), max(2.7, 0.62 * k + 1.0)),
                      layout="constrained")
@@ -106,11 +120,11 @@ def confusion_chart(matrix: Sequence[Sequence[int]], rows: Sequence[str], cols: 
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        return _uri(fig)
+        return _chart(fig)
 
 
 def per_class_chart(scores: dict[str, dict[str, dict]], labels: Sequence[str], metric: str,
-                    collapsed: dict[str, set[str]]) -> str:
+                    collapsed: dict[str, set[str]]) -> Chart:
     """Grouped bars of one per-class score (precision or recall) for each model.
 
     `scores` maps model → per_class metrics; bars of a class that model collapses on (see
@@ -121,7 +135,7 @@ def per_class_chart(scores: dict[str, dict[str, dict]], labels: Sequence[str], m
     width = 0.8 / max(len(models), 1)
     show_values = len(labels) * len(models) <= 12
     with _style():
-        fig = Figure(figsize=(max(3.4, 0.75 * len(labels) + 1.2), 2.9), layout="constrained")
+        fig = Figure(figsize=(max(3.6, 0.75 * len(labels) + 1.4), 3.0), layout="constrained")
         ax = fig.subplots()
         for k, who in enumerate(models):
             values = [scores[who][lab][metric] for lab in labels]
@@ -132,7 +146,7 @@ def per_class_chart(scores: dict[str, dict[str, dict]], labels: Sequence[str], m
                     bar.set_facecolor("white")
                     bar.set_hatch("////")
             if show_values:
-                ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=2, fontsize=7)
+                ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=2, fontsize=8)
         handles = [Patch(color=PALETTE[w], label=w) for w in models]
         if any(collapsed.get(w) for w in models):
             handles.append(Patch(facecolor="white", edgecolor="#444444", hatch="////",
@@ -142,12 +156,12 @@ def per_class_chart(scores: dict[str, dict[str, dict]], labels: Sequence[str], m
         ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel(metric)
         ax.set_xlabel("gold class")
-        ax.legend(handles=handles, loc="upper left", ncols=len(handles), fontsize=7.5,
+        ax.legend(handles=handles, loc="upper left", ncols=len(handles), fontsize=8.5,
                   handlelength=1.2, columnspacing=0.9, borderaxespad=0.1)
-        return _uri(fig)
+        return _chart(fig)
 
 
-def reliability_chart(reliability: Sequence[dict], who: str, ece: float) -> str:
+def reliability_chart(reliability: Sequence[dict], who: str, ece: float) -> Chart:
     """Accuracy against mean confidence per bin over the diagonal, and how full each bin is."""
     colour = PALETTE[who]
     with _style():
@@ -163,15 +177,15 @@ def reliability_chart(reliability: Sequence[dict], who: str, ece: float) -> str:
         top.set_xlim(0, 1)
         top.set_ylim(0, 1.02)
         top.set_ylabel("accuracy in bin")
-        top.legend(loc="upper left", fontsize=7.5)
+        top.legend(loc="upper left", fontsize=8.5)
         bottom.bar(lows, [b["count"] for b in reliability], widths, align="edge", color=colour,
                    edgecolor="white", linewidth=0.5)
         bottom.set_ylabel("texts")
         bottom.set_xlabel("confidence (top-class probability)")
-        return _uri(fig)
+        return _chart(fig)
 
 
-def bar_chart(values: dict[str, float], label: str, unit: str) -> str:
+def bar_chart(values: dict[str, float], label: str, unit: str) -> Chart:
     """One horizontal bar per model (teacher above student), the value written at the bar's end.
 
     The axis is logarithmic when one value is over 20 times the other (a 405B teacher next to a
@@ -186,7 +200,7 @@ def bar_chart(values: dict[str, float], label: str, unit: str) -> str:
         y = np.arange(len(models))[::-1]
         bars = ax.barh(y, vals, 0.6, color=[PALETTE[w] for w in models])
         ax.bar_label(bars, labels=[f"{_number(v)} {unit}".strip() for v in vals], padding=3,
-                     fontsize=8)
+                     fontsize=9)
         ax.set_yticks(y, models)
         if log:
             ax.set_xscale("log")
@@ -199,4 +213,4 @@ def bar_chart(values: dict[str, float], label: str, unit: str) -> str:
         ax.set_ylim(-0.6, len(models) - 0.4)
         ax.set_xlabel(_text(label + (" (log scale)" if log else "")))
         ax.tick_params(axis="y", length=0)
-        return _uri(fig)
+        return _chart(fig)
