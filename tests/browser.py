@@ -2,9 +2,10 @@
 
 Chromium is driven over the DevTools protocol through `--remote-debugging-pipe` (JSON messages
 on file descriptors 3 and 4, NUL-terminated), so nothing here needs a network port or a Python
-package beyond the standard library. `inspect_page` collects console errors, uncaught
-exceptions, every network request, the size of every image and SVG, the page's scroll width and
-a full-page screenshot.
+package beyond the standard library. It is started with posix_spawn, which puts the pipes on
+those descriptors without running Python code between fork and exec (safe with threads).
+`inspect_page` collects console errors, uncaught exceptions, every network request, the size of
+every image and SVG, the page's scroll width and a full-page screenshot.
 
 As a script it writes the README's screenshot of a report:
     python tests/browser.py runs/demo/report.html docs/report.png
@@ -19,7 +20,7 @@ import json
 import os
 import queue
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
 import threading
@@ -91,19 +92,23 @@ class Browser:
         self._profile = tempfile.TemporaryDirectory(prefix="llmdistill-chromium-")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-
-        def wire_fds() -> None:  # in the child: its fd 3 reads commands, fd 4 writes replies
-            r, w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child_r, from_child_w))
-            os.dup2(r, 3)
-            os.dup2(w, 4)
-
-        self._proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=wire_fds,
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        # above 4, so that putting one end on 3 cannot overwrite the other
+        r, w = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_child_r, from_child_w))
+        for fd in (to_child_r, from_child_w):
+            os.close(fd)
+        argv = [binary, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"]
+        try:
+            self._pid = os.posix_spawn(binary, argv, os.environ, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, r, 3),  # Chromium reads commands here
+                (os.POSIX_SPAWN_DUP2, w, 4),  # and writes answers and events here
+            ])
+        finally:
+            os.close(r)
+            os.close(w)
+        self._status: int | None = None
         self._next_id = 0
         self._messages: queue.Queue[dict | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -166,7 +171,7 @@ class Browser:
             raise CDPError(f"no answer from Chromium within {self.timeout}s "
                            f"(waiting for {waiting_for})") from None
         if msg is None:
-            raise CDPError(f"Chromium exited (code {self._proc.poll()}) "
+            raise CDPError(f"Chromium exited (status {self._wait(0)}) "
                            f"while waiting for {waiting_for}")
         return msg
 
@@ -174,15 +179,26 @@ class Browser:
         """Ask Chromium to quit, then make sure it has; remove its profile."""
         with contextlib.suppress(CDPError, OSError):
             self.send("Browser.close")
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._wait(10) is None:
+            os.kill(self._pid, signal.SIGKILL)
+            self._wait(None)
         os.close(self._to_child)
         self._reader.join(timeout=5)
         os.close(self._from_child)
         self._profile.cleanup()
+
+    def _wait(self, timeout: float | None) -> int | None:
+        """Chromium's exit status once it has exited within `timeout` s (None: wait), else None."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._status is None:
+            pid, status = os.waitpid(self._pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self._status = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() >= deadline:
+                break
+            else:
+                time.sleep(0.05)
+        return self._status
 
     def __enter__(self) -> Browser:
         return self

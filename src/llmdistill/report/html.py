@@ -249,6 +249,7 @@ def _disagreements(predictions: pd.DataFrame | None, labels: list[str], seed: in
     """A seeded random sample of texts the two models label differently, in file order."""
     if predictions is None or not {"teacher", "student", "text"} <= set(predictions.columns):
         return None
+    predictions = predictions.reset_index(drop=True)
     teacher = predictions["teacher"].where(predictions["teacher"].isin(labels), NO_ANSWER)
     differ = predictions[(teacher != predictions["student"]).to_numpy()]
     pick = differ.sample(n=min(k, len(differ)), random_state=seed).sort_index()
@@ -566,7 +567,7 @@ comes with the probability its model gave it.</p>
 <thead><tr><th>text</th><th>gold</th><th>teacher</th><th>student</th></tr></thead>
 <tbody>
 {% for r in disagreements.rows %}
-<tr><td class="text">{{ r.text }}</td>
+<tr title="id {{ r.id }}"><td class="text">{{ r.text }}</td>
 <td class="label" data-h="gold">{{ r.gold }}</td>
 <td class="label" data-h="teacher">{{ r.teacher }} <span class="p">{{ r.teacher_p }}</span></td>
 <td class="label" data-h="student">{{ r.student }} <span class="p">{{ r.student_p }}</span></td>
