@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -89,6 +89,21 @@ class StudentConfig(_Strict):
     early_stopping_patience: int = Field(2, ge=1, description="epochs without a better agreement")
     threads: int | None = Field(None, ge=1,
                                 description="torch CPU threads; torch's default if unset")
+    # Noise-aware distillation (docs/distillation.md says which data chose each default).
+    anchor_size: int = Field(200, ge=0,
+                             description="gold-labelled training rows that measure the teacher's "
+                                         "confusion; 0: none")
+    prior_correction: bool = Field(True, description="shift logits by log gold prior (anchor) "
+                                                     "− log student prior; folded into the bias")
+    forward_correction: bool = Field(False, description="train softmax(logits) @ confusion "
+                                                        "against the teacher's labels")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0,
+                                   description="mix the targets with uniform by this much")
+    confidence_weighting: bool = Field(False, description="weight each text by the teacher's "
+                                                          "top probability")
+    class_weights: Literal["none", "balanced", "anchor"] = Field(
+        "none", description="per-class loss weights by the teacher's label: balanced = inverse "
+                            "frequency; anchor = gold prior / teacher prior")
 
 
 class EvaluateConfig(_Strict):

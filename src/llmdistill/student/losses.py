@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,15 +25,61 @@ def distillation_loss(
     teacher_probs: torch.Tensor,
     alpha: float,
     temperature: float,
+    *,
+    label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
+    transition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, argmax teacher).
 
     The T^2 factor keeps the soft term's gradients on the same scale as the hard term's for any T
-    (Hinton et al., 2015). KL and CE are both means over the batch.
+    (Hinton et al., 2015). Both terms are means over the batch, or weighted means with per-example
+    `weights` (normalise them over the whole training set, not per batch: then the loss of a
+    batch split across DDP ranks averages to the loss of the whole batch).
+
+    `label_smoothing` mixes the targets with the uniform distribution (both terms).
+    `transition` (k × k, rows P(teacher j | true i)) is forward correction: the student's
+    distribution is passed through the teacher's noise before it meets the teacher's targets.
     """
     logits = student_logits.float()
-    teacher_log_t = soften(teacher_probs, temperature)
-    student_log_t = F.log_softmax(logits / temperature, dim=-1)
-    kl = F.kl_div(student_log_t, teacher_log_t, log_target=True, reduction="batchmean")
-    ce = F.cross_entropy(logits, teacher_probs.argmax(dim=-1))
-    return alpha * temperature**2 * kl + (1.0 - alpha) * ce
+    k = logits.shape[-1]
+    student_log = noisy_log_probs(logits, transition)
+    targets = teacher_probs.float()
+    hard = targets.argmax(dim=-1)
+    if label_smoothing:
+        targets = (1.0 - label_smoothing) * targets + label_smoothing / k
+    teacher_log_t = soften(targets, temperature)
+    student_log_t = F.log_softmax(student_log / temperature, dim=-1)
+    kl = (teacher_log_t.exp() * (teacher_log_t - student_log_t)).sum(dim=-1)
+    nll = -student_log.gather(1, hard[:, None]).squeeze(1)
+    ce = (1.0 - label_smoothing) * nll - label_smoothing * student_log.mean(dim=-1)
+    per_example = alpha * temperature**2 * kl + (1.0 - alpha) * ce
+    if weights is not None:
+        per_example = per_example * weights.float()
+    return per_example.mean()
+
+
+def noisy_log_probs(logits: torch.Tensor, transition: torch.Tensor | None) -> torch.Tensor:
+    """log softmax(logits), or log(softmax(logits) @ transition) under forward correction."""
+    if transition is None:
+        return F.log_softmax(logits, dim=-1)
+    probs = torch.softmax(logits, dim=-1) @ transition.to(logits)
+    return probs.clamp_min(PROB_FLOOR).log()
+
+
+def example_weights(
+    teacher_probs: np.ndarray, confidence: bool, class_factors: np.ndarray | None
+) -> np.ndarray | None:
+    """Per-example loss weights, mean 1 over the training set, or None when all would be 1.
+
+    `confidence`: weight by the teacher's top probability (a no-op for one-hot labels);
+    `class_factors`: one factor per class, applied by the teacher's label.
+    """
+    w = np.ones(len(teacher_probs))
+    if confidence:
+        w *= teacher_probs.max(axis=1)
+    if class_factors is not None:
+        w *= np.asarray(class_factors)[teacher_probs.argmax(axis=1)]
+    if len(w) == 0 or np.allclose(w, w[0]):
+        return None
+    return w / w.mean()

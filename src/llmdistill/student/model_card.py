@@ -13,7 +13,8 @@ LICENSE = "Apache-2.0"
 MANIFEST_FILE = "llmdistill.json"
 # llmdistill.json is the caller's manifest plus these keys (RESULT_FIELDS mirror TrainResult)
 RESULT_FIELDS = ("model_dir", "used", "skipped", "best_epoch", "validation_agreement",
-                 "samples_per_second", "train_seconds", "parameters")
+                 "samples_per_second", "train_seconds", "parameters",
+                 "flop_bound_samples_per_second", "peak_gflops", "tokens_per_text", "noise")
 RECORD_FIELDS = ("llmdistill_version", "labels", "student_config")
 
 
@@ -81,8 +82,8 @@ def render_model_card(
         "",
         "Loss: `alpha * T^2 * KL(teacher_T || student_T) "
         "+ (1 - alpha) * CE(student, teacher label)`, with teacher_T = softmax(log p / T). "
-        "The best epoch is chosen by agreement with the teacher on a validation split; "
-        "gold labels are never used for training or selection.",
+        "The best epoch is chosen by agreement with the teacher on a validation split. "
+        + _gold_use(result.get("noise")),
         "",
         "| setting | value |",
         "| --- | --- |",
@@ -113,6 +114,17 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _gold_use(noise: Mapping[str, Any] | None) -> str:
+    """One sentence on what gold labels were used for."""
+    n = (noise or {}).get("anchor_size", 0)
+    if not n:
+        return "Gold labels are never used for training or selection."
+    used = [k.replace("_", " ") for k in ("prior_correction", "forward_correction")
+            if noise.get(k)] + (["class weights"] if noise.get("class_weights") == "anchor" else [])
+    return (f"{n} gold-labelled training texts (the anchor) measured the teacher's confusion"
+            f"{' for ' + ', '.join(used) if used else ''}; no validation or test gold was used.")
 
 
 def update_metrics(model_dir: str | Path, metrics: Mapping[str, Any]) -> None:

@@ -1,10 +1,15 @@
 """Fine-tune a small encoder on the teacher's probabilities with the Hugging Face Trainer.
 
 Only rows the teacher annotated (status == "ok") are used; the others are counted and skipped,
-never guessed. The best epoch is chosen by agreement with the teacher on the validation split:
-gold labels, if present, are never looked at. The result is a plain HF model folder that
-`transformers.pipeline` loads without llmdistill, written atomically by the main process only,
-so the same code runs under torchrun/accelerate.
+never guessed. The best epoch is chosen by agreement with the teacher on the validation split.
+Gold labels are read only from an `anchor` the caller passes explicitly (a few hundred
+gold-labelled training rows, see `llmdistill.student.noise`); without one, never. The result is
+a plain HF model folder that `transformers.pipeline` loads without llmdistill, written
+atomically by the main process only, so the same code runs under torchrun/accelerate (DDP).
+
+Batches are length-grouped (texts of similar length together, so dynamic padding pads little),
+in an order that depends only on the seed and the epoch: a DDP run with the same global batch
+sees the same batches as a single process.
 """
 
 from __future__ import annotations
@@ -41,8 +46,16 @@ from llmdistill import __version__
 from llmdistill.assets import ASSETS, student_path
 from llmdistill.config import StudentConfig
 from llmdistill.errors import DataError, UsageError
-from llmdistill.student.losses import distillation_loss
+from llmdistill.student.losses import distillation_loss, example_weights, noisy_log_probs
 from llmdistill.student.model_card import MANIFEST_FILE, render_model_card
+from llmdistill.student.noise import (
+    NoiseEstimate,
+    class_factors,
+    estimate_noise,
+    fold_into_bias,
+    prior_shift,
+    sample_anchor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +75,10 @@ class TrainResult:
     samples_per_second: float
     train_seconds: float
     parameters: int
+    flop_bound_samples_per_second: float = math.nan  # peak FLOP/s ÷ training FLOPs per text
+    peak_gflops: float = math.nan  # fp32 matmul rate measured in-process, all ranks together
+    tokens_per_text: float = math.nan  # mean unpadded tokens of a training text
+    noise: dict | None = None  # anchor size, teacher confusion, the corrections applied
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the path as a string)."""
@@ -117,11 +134,14 @@ def teacher_targets(frame: pd.DataFrame, labels: list[str], split: str) -> Teach
 
 
 class _Examples(torch.utils.data.Dataset):
-    """Tokenized texts with their teacher label and probabilities; items are fresh dicts."""
+    """Tokenized texts with their teacher label, probabilities and loss weight; fresh dicts."""
 
-    def __init__(self, encodings: dict[str, list], targets: TeacherTargets) -> None:
+    def __init__(self, encodings: dict[str, list], targets: TeacherTargets,
+                 weights: np.ndarray | None = None) -> None:
         self.encodings = encodings
         self.targets = targets
+        self.weights = weights
+        self.lengths = [len(ids) for ids in encodings["input_ids"]]
 
     def __len__(self) -> int:
         return len(self.targets.texts)
@@ -130,18 +150,62 @@ class _Examples(torch.utils.data.Dataset):
         item = {k: v[i] for k, v in self.encodings.items()}
         item["labels"] = int(self.targets.label_ids[i])
         item["teacher_probs"] = self.targets.probs[i].tolist()
+        if self.weights is not None:
+            item["weight"] = float(self.weights[i])
         return item
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler[int]):
+    """Indices in global batches of similar length, in an order fixed by seed and epoch.
+
+    Each epoch: a seeded permutation, cut into mega-batches of `mega` global batches, each sorted
+    by length and cut into global batches, whose order is then shuffled. Under DDP, accelerate
+    deals consecutive per-device batches to the ranks, so every rank sees the same global batches
+    a single process with `global_batch` would see.
+    """
+
+    def __init__(self, lengths: list[int], global_batch: int, seed: int, mega: int = 16) -> None:
+        self.lengths = np.asarray(lengths)
+        self.global_batch = global_batch
+        self.seed = seed
+        self.mega = mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        size = self.global_batch * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + self.global_batch]
+                        for i in range(0, len(chunk), self.global_batch)]
+        full = [b for b in batches if len(b) == self.global_batch]
+        rest = [b for b in batches if len(b) < self.global_batch]
+        picks = rng.permutation(len(full))
+        # a short batch only at the end: accelerate pads the last batch across ranks
+        return iter(int(i) for b in [*(full[j] for j in picks), *rest] for i in b)
 
 
 @dataclass
 class DistillationCollator(DataCollatorWithPadding):
-    """Dynamic padding per batch, plus the teacher probabilities as a float tensor."""
+    """Dynamic padding per batch, plus the teacher probabilities (and weights) as tensors."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         features = [dict(f) for f in features]
         probs = [f.pop("teacher_probs") for f in features]
+        weights = [f.pop("weight") for f in features if "weight" in f]
         batch = super().__call__(features)
         batch["teacher_probs"] = torch.tensor(probs, dtype=torch.float32)
+        if weights:
+            batch["weights"] = torch.tensor(weights, dtype=torch.float32)
         return batch
 
 
@@ -150,10 +214,19 @@ class DistillationTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
 
-    def __init__(self, *args: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, alpha: float, temperature: float, label_smoothing: float = 0.0,
+                 transition: torch.Tensor | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.alpha = alpha
         self.temperature = temperature
+        self.label_smoothing = label_smoothing
+        self.transition = transition
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        global_batch = (self.args.per_device_train_batch_size
+                        * self.args.gradient_accumulation_steps * max(1, self.args.world_size))
+        return LengthGroupedBatches(dataset.lengths, global_batch, self.args.seed)
 
     def compute_loss(
         self,
@@ -164,16 +237,26 @@ class DistillationTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         teacher = inputs.pop("teacher_probs")
+        weights = inputs.pop("weights", None)
         inputs.pop("labels", None)  # the hard target is argmax(teacher); the model needs no loss
         outputs = model(**inputs)
-        loss = distillation_loss(outputs.logits, teacher, self.alpha, self.temperature)
+        loss = distillation_loss(outputs.logits, teacher, self.alpha, self.temperature,
+                                 label_smoothing=self.label_smoothing, weights=weights,
+                                 transition=self.transition)
         return (loss, outputs) if return_outputs else loss
 
 
-def agreement(pred: EvalPrediction) -> dict[str, float]:
-    """Share of validation texts where the student's top label is the teacher's."""
+def agreement(pred: EvalPrediction, transition: np.ndarray | None = None) -> dict[str, float]:
+    """Share of validation texts where the student's top label is the teacher's.
+
+    Under forward correction the student's distribution is first passed through the teacher's
+    noise (`transition`): that is what it was trained to match.
+    """
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     labels = pred.label_ids[0] if isinstance(pred.label_ids, tuple) else pred.label_ids
+    if transition is not None:
+        logits = noisy_log_probs(torch.as_tensor(logits).float(),
+                                 torch.as_tensor(transition)).numpy()
     return {METRIC: float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
@@ -215,10 +298,17 @@ def train_student(
     cfg: StudentConfig,
     out_dir: Path,
     manifest: dict | None = None,
+    *,
+    anchor: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Distill the teacher's annotations into `cfg.model` and write the model folder `out_dir`.
 
     `train`/`validation` are annotation frames (id, text, status, label, prob_<label>...).
+    `anchor`: gold-labelled *training* rows (a `gold` column; e.g. the train frame itself), of
+    which `cfg.anchor_size` are sampled to estimate the teacher's noise; needed by
+    prior_correction, forward_correction and class_weights="anchor", which are skipped (with a
+    warning) without it. `cfg.batch_size` is per device: under DDP the global batch is
+    batch_size × processes.
     Raises UsageError if `out_dir` exists, DataError if a split has no usable rows.
     """
     out_dir = Path(out_dir)
@@ -235,6 +325,12 @@ def train_student(
     if not tr.texts or not va.texts:
         split = "train" if not tr.texts else "validation"
         raise DataError(f"the {split} split has no rows annotated ok: nothing to learn from")
+    noise = _noise_estimate(anchor, validation, labels, cfg)
+    plan = _noise_plan(cfg, noise)
+    factors = class_factors(plan["class_weights"], tr.label_ids, len(labels), noise)
+    weights = example_weights(tr.probs, cfg.confidence_weighting, factors)
+    transition = (torch.tensor(noise.transition, dtype=torch.float32)
+                  if plan["forward_correction"] and noise is not None else None)
     logger.info("training %s on %d texts, selecting on %d", cfg.model, len(tr.texts), len(va.texts))
 
     if cfg.threads:
@@ -245,7 +341,7 @@ def train_student(
     def encode(texts: list[str]) -> dict[str, list]:
         return dict(tokenizer(texts, truncation=True, max_length=cfg.max_length))
 
-    train_ds = _Examples(encode(tr.texts), tr)
+    train_ds = _Examples(encode(tr.texts), tr, weights)
     val_ds = _Examples(encode(va.texts), va)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +351,7 @@ def train_student(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 64),
         learning_rate=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_ratio,  # a value below 1 is a fraction of all steps
@@ -268,7 +364,7 @@ def train_student(
         greater_is_better=True,
         save_total_limit=1,
         save_only_model=True,
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length",  # eval batches too; training: our sampler
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
@@ -282,6 +378,7 @@ def train_student(
         if args.process_index == 0:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 
+    t_np = None if transition is None else transition.numpy()
     trainer = DistillationTrainer(
         model=model,
         args=args,
@@ -289,11 +386,14 @@ def train_student(
         eval_dataset=val_ds,
         data_collator=DistillationCollator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=agreement,
+        compute_metrics=lambda pred: agreement(pred, t_np),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)],
         alpha=cfg.alpha,
         temperature=cfg.temperature,
+        label_smoothing=cfg.label_smoothing,
+        transition=transition,
     )
+    peak = measure_peak_gflops() * max(1, args.world_size)
     try:
         start = time.perf_counter()
         trainer.train()
@@ -302,6 +402,17 @@ def train_student(
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         epochs_run = float(trainer.state.epoch or 0.0)
         best = trainer.state.best_metric
+        record_noise = _describe_noise(noise, plan, cfg, weights)
+        if plan["prior_correction"] and noise is not None:
+            logits = trainer.predict(val_ds).predictions
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            model_prior = torch.softmax(torch.as_tensor(logits).float(), -1).mean(0).numpy()
+            shift = prior_shift(noise.gold_prior, model_prior)
+            record_noise["prior_shift"] = np.round(shift, 4).tolist()
+            record_noise["student_prior_on_validation"] = np.round(model_prior, 4).tolist()
+            record_noise["shift_folded_into"] = f"{fold_into_bias(unwrapped, shift)}.bias"
+        tokens = float(np.mean(train_ds.lengths))
+        bound = peak * 1e9 / (6 * non_embedding_parameters(unwrapped) * tokens)
         result = TrainResult(
             model_dir=out_dir,
             used=len(tr.texts),
@@ -311,10 +422,15 @@ def train_student(
             samples_per_second=len(tr.texts) * epochs_run / seconds,
             train_seconds=seconds,
             parameters=sum(p.numel() for p in unwrapped.parameters()),
+            flop_bound_samples_per_second=bound,
+            peak_gflops=peak,
+            tokens_per_text=tokens,
+            noise=record_noise,
         )
         logger.info(
-            "best epoch %g: validation agreement with the teacher %.3f; %.1f samples/s",
-            result.best_epoch, result.validation_agreement, result.samples_per_second,
+            "best epoch %g: validation agreement with the teacher %.3f; %.1f samples/s "
+            "(FLOP bound %.0f at %.0f GFLOP/s)", result.best_epoch, result.validation_agreement,
+            result.samples_per_second, bound, peak,
         )
         if trainer.is_world_process_zero():
             embedded = ASSETS.get(cfg.model)
@@ -336,6 +452,76 @@ def train_student(
         if args.process_index == 0:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     return result
+
+
+ANCHOR_OPTIONS = ("prior_correction", "forward_correction")
+
+
+def _noise_estimate(anchor: pd.DataFrame | None, validation: pd.DataFrame, labels: list[str],
+                    cfg: StudentConfig) -> NoiseEstimate | None:
+    """Sample and check the anchor (training rows only), then estimate the teacher's noise."""
+    if anchor is None or cfg.anchor_size == 0:
+        return None
+    rows = sample_anchor(anchor, cfg.anchor_size, cfg.seed)
+    if "text" in validation.columns:
+        leaked = set(rows["text"].astype(str)) & set(validation["text"].astype(str))
+        if leaked:
+            raise DataError(f"{len(leaked)} anchor texts are in the validation split: sample "
+                            "the anchor from training rows only")
+    return estimate_noise(rows, labels)
+
+
+def _noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None) -> dict[str, Any]:
+    """Which anchor-based options can run; the others are switched off with a warning."""
+    plan = {k: bool(getattr(cfg, k)) for k in ANCHOR_OPTIONS}
+    plan["class_weights"] = cfg.class_weights
+    wanted = [k for k in ANCHOR_OPTIONS if plan[k]]
+    if cfg.class_weights == "anchor":
+        wanted.append("class_weights=anchor")
+    if noise is None and wanted:
+        logger.warning("no anchor set (gold-labelled training rows) was given: %s skipped",
+                       ", ".join(wanted))
+        plan.update({k: False for k in ANCHOR_OPTIONS})
+        if cfg.class_weights == "anchor":
+            plan["class_weights"] = "none"
+    return plan
+
+
+def _describe_noise(noise: NoiseEstimate | None, plan: dict, cfg: StudentConfig,
+                    weights: np.ndarray | None) -> dict[str, Any]:
+    """The record of what noise handling was used, for the model card and the report."""
+    out: dict[str, Any] = {
+        "anchor_size": noise.anchor_size if noise else 0,
+        **plan,
+        "label_smoothing": cfg.label_smoothing,
+        "confidence_weighting": cfg.confidence_weighting,
+        "weights_vary": weights is not None,
+    }
+    if noise is not None:
+        out["teacher_agreement_on_anchor"] = round(noise.teacher_agreement, 4)
+        out["anchor_gold_prior"] = noise.to_dict()["gold_prior"]
+        out["teacher_confusion_counts"] = noise.to_dict()["counts"]
+    return out
+
+
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """Parameters outside the embedding tables: the ones each token's FLOPs scale with."""
+    emb = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)
+              for p in m.parameters(recurse=False))
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
+def measure_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """fp32 matmul GFLOP/s on this process's torch threads (best of `repeats`)."""
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    a @ b  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
 
 
 def write_model_folder(

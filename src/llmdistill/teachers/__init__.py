@@ -13,16 +13,25 @@ from llmdistill.teachers.base import STATUSES, Annotation, Teacher
 __all__ = ["STATUSES", "Annotation", "Teacher", "load_teacher", "parse_spec"]
 
 EMBEDDED = ("qwen2.5-1.5b", "smollm2-135m")
+BACKENDS = ("llamacpp", "hf", "openai", "replay")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """`qwen2.5-1.5b` → ("embedded", name); `llamacpp:PATH` / `hf:ID` → (backend, target)."""
+    """`qwen2.5-1.5b` → ("embedded", name); `llamacpp:PATH` / `hf:ID` → (backend, target).
+
+    `replay:PATH#COLUMN[?probs=A,B,C&rationale=COL&text=COL]` replays existing labels.
+    """
     if spec in EMBEDDED:
         return "embedded", spec
     backend, sep, target = spec.partition(":")
-    if not sep or backend not in ("llamacpp", "hf", "openai") or not target:
+    if not sep or backend not in BACKENDS or not target:
         raise TeacherError(f"unknown teacher {spec!r}: use {', '.join(EMBEDDED)}, "
-                           "llamacpp:PATH.gguf, hf:ID_OR_PATH or openai:MODEL@BASE_URL")
+                           "llamacpp:PATH.gguf, hf:ID_OR_PATH, openai:MODEL@BASE_URL or "
+                           "replay:PATH#COLUMN")
+    if backend == "replay":
+        from llmdistill.teachers.replay import parse_replay_target
+
+        parse_replay_target(target)  # syntax errors surface here, before any file is read
     return backend, target
 
 
@@ -41,6 +50,9 @@ def load_teacher(spec: str, labels: list[str], demos: list[dict], cfg: TeacherCo
         from llmdistill.teachers.llamacpp import LlamaCppTeacher
         path = Path(target).expanduser()
         return LlamaCppTeacher(path, path.stem, labels, demos, cfg)
+    if backend == "replay":
+        from llmdistill.teachers.replay import ReplayTeacher
+        return ReplayTeacher(target, labels)
     if backend == "openai":
         from llmdistill.teachers.openai_api import OpenAITeacher
         return OpenAITeacher(target, labels, demos, cfg)
