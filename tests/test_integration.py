@@ -102,3 +102,26 @@ def test_annotate_train_evaluate_end_to_end(tmp_path, env):
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "student")],
                        capture_output=True, text=True, timeout=300)
     assert r.stdout.strip() in ("negative", "neutral", "positive"), r.stderr[-1000:]
+
+
+def test_run_does_the_whole_pipeline_and_a_rerun_reuses_everything(tmp_path, env):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"out: {tmp_path / 'run'}\n"
+                   "data: {max_train: 40, max_validation: 20, max_test: 30}\n"
+                   "teacher: {spec: smollm2-135m, n_demos: 3}\n"
+                   "student: {epochs: 1, batch_size: 16}\n"
+                   "evaluate: {bootstrap: 200, speed_texts: 32}\n")
+    first = cli("run", "--config", str(cfg), env=env)
+    assert "student vs teacher vs gold" in first.stdout
+    for name in ("annotations.parquet", "metrics.json", "report.md", "predictions.parquet",
+                 "student/model.safetensors", "student/README.md"):
+        assert (tmp_path / "run" / name).exists(), name
+    weights = (tmp_path / "run" / "student" / "model.safetensors").stat().st_mtime
+    second = cli("run", "--config", str(cfg), env=env)
+    assert "reusing" in second.stderr
+    assert (tmp_path / "run" / "student" / "model.safetensors").stat().st_mtime == weights
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    demos = metrics["info"]["manifest"]["demos"]
+    assert len(demos) == 3
+    preds = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
+    assert not set(demos) & set(preds["id"]), "demos must not be evaluated"
