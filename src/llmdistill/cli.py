@@ -164,6 +164,15 @@ def evaluate_cmd(
 
 
 @app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run or evaluate folder.")]) -> None:
+    """Re-render report.md and report.html from metrics.json and predictions, no recomputing."""
+    from llmdistill.report import rerender
+
+    for path in rerender(run_dir).values():
+        err.print(f"wrote {path}")
+
+
+@app.command()
 def predict(
     student: Annotated[Path, typer.Option(help="Trained student folder.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,

@@ -25,7 +25,7 @@ from llmdistill.annotate import (
 from llmdistill.config import EvaluateConfig, RunConfig, StudentConfig, TeacherConfig
 from llmdistill.data import frame_hash, load_dataset, text_hash
 from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
-from llmdistill.report import print_summary, write_report
+from llmdistill.report import print_summary, write_html, write_report
 from llmdistill.student.model_card import update_metrics
 from llmdistill.teachers import load_teacher
 from llmdistill.teachers.prompts import pick_demos
@@ -147,6 +147,7 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
                 preds[f"teacher_prob_{lab}"] = teacher_df[f"prob_{lab}"].to_numpy()
         _write_parquet(preds, out_dir / "predictions.parquet")
         write_report(metrics, out_dir)
+        write_html(metrics, preds, out_dir)
     return metrics
 
 
