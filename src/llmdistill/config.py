@@ -120,6 +120,44 @@ class EvaluateConfig(_Strict):
     latency_samples: int = 50
 
 
+class ExportConfig(_Strict):
+    """ONNX export of a trained student, int8 quantization and the parity check that gates them."""
+
+    data: str = Field("tweets:validation",
+                      description="texts the exported model must agree on (file or embedded split)")
+    min_agreement: float = Field(0.99, gt=0.0, le=1.0,
+                                 description="label agreement with PyTorch needed to use an export")
+    int8: bool = Field(False, description="also write model.int8.onnx (dynamic int8 quantization)")
+    per_channel: bool = Field(True, description="int8 scales per output channel (more accurate)")
+    reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI")
+    opset: int = Field(17, ge=14)
+    max_texts: int | None = Field(2000, ge=1, description="parity on at most this many texts")
+    batch_size: int = Field(64, ge=1)
+
+
+class ServeConfig(_Strict):
+    """The HTTP service: where it listens, what a request may hold, the optional teacher cascade."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: the int8/fp32 ONNX export that passed parity, else PyTorch")
+    threads: int | None = Field(None, ge=1, description="inference threads; all cores if unset")
+    max_texts: int = Field(64, ge=1, description="texts per request")
+    max_chars: int = Field(2000, ge=1, description="characters per text")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="bytes per request body")
+    batch_texts: int = Field(64, ge=1, description="texts the server batches together")
+    batch_wait_ms: float = Field(2.0, ge=0.0,
+                                 description="how long a batch waits for more requests")
+    cascade_teacher: str | None = Field(
+        None, description="teacher spec that answers texts the student is unsure about")
+    cascade_threshold: float = Field(0.7, ge=0.0, le=1.0,
+                                     description="student answers when its top probability ≥ this")
+    curve_thresholds: list[float] = Field(
+        default_factory=lambda: [0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0],
+        description="cascade thresholds the report's coverage/accuracy/cost curve shows")
+
+
 class RunConfig(_Strict):
     """A whole run: data → teacher → student → evaluation."""
 
@@ -130,6 +168,8 @@ class RunConfig(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("out", mode="before")
     @classmethod

@@ -1,42 +1,96 @@
-"""Batch inference with a trained student folder (any HF sequence-classification folder)."""
+"""Batch inference with a trained student folder (any HF sequence-classification folder).
+
+Two backends behind one class: PyTorch, and ONNX Runtime when `llmdistill export` wrote
+`DIR/onnx/model(.int8).onnx` and that file passed its parity check against PyTorch (recorded in
+`DIR/onnx/parity.json`, together with a fingerprint of the weights it was exported from, so a
+retrained folder never runs a stale export). Either way texts are tokenized once, sorted by
+length and batched, so that little padding is computed.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from llmdistill.config import StudentConfig
 from llmdistill.errors import UsageError
 from llmdistill.student.model_card import MANIFEST_FILE
 
+logger = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+PARITY_FILE = "parity.json"
+Backend = Literal["auto", "torch", "onnx"]
+
 
 class StudentClassifier:
-    """A loaded student: texts in, label probabilities out, on CPU unless told otherwise."""
+    """A loaded student: texts in, label probabilities out, on CPU unless told otherwise.
+
+    `backend` says what runs: "torch", "onnx-fp32" or "onnx-int8".
+    """
 
     def __init__(self, model, tokenizer, max_length: int, device: str = "cpu") -> None:
+        import torch
+
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.device = device
+        self.backend = "torch"
+        self.onnx_path: Path | None = None
         id2label = model.config.id2label
         self.labels: list[str] = [str(id2label[i]) for i in range(model.config.num_labels)]
         self.parameters: int = sum(p.numel() for p in model.parameters())
 
+        def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                feed = {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+                return self.model(**feed).logits.float().cpu().numpy()
+
+        self._run: Callable[[dict[str, np.ndarray]], np.ndarray] = run
+
     @classmethod
     def load(
-        cls, model_dir: str | Path, threads: int | None = None, device: str = "cpu"
+        cls, model_dir: str | Path, threads: int | None = None, device: str = "cpu",
+        backend: Backend = "auto",
     ) -> StudentClassifier:
-        """Load a model folder; `threads` sets torch's CPU thread count (process-wide)."""
+        """Load a model folder; `threads` sets the CPU thread count (torch's is process-wide).
+
+        backend "auto" runs the fastest ONNX export that passed parity (int8 before fp32) and
+        falls back to PyTorch; "onnx" requires such an export; "torch" never uses one.
+        """
         model_dir = Path(model_dir)
+        if backend not in ("auto", "torch", "onnx"):
+            raise UsageError(f"unknown backend {backend!r}: use auto, torch or onnx")
+        if backend != "torch" and device == "cpu":
+            choice, why = usable_export(model_dir)
+            if choice is not None:
+                return cls._load_onnx(model_dir, choice, threads)
+            if backend == "onnx":
+                raise UsageError(f"{model_dir} has no usable ONNX export ({why}): run "
+                                 f"`llmdistill export {model_dir}` or use --backend torch")
+            if why != "no export":
+                logger.warning("not using the ONNX export in %s: %s", model_dir, why)
+        return cls._load_torch(model_dir, threads, device)
+
+    @classmethod
+    def _load_torch(cls, model_dir: Path, threads: int | None, device: str) -> StudentClassifier:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
         if threads:
             torch.set_num_threads(threads)
+        tokenizer = _tokenizer(model_dir)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(model_dir), dtype=torch.float32
             )
@@ -45,7 +99,35 @@ class StudentClassifier:
                 f"cannot load the student model folder {model_dir} ({e}): "
                 "give the folder that training wrote"
             ) from None
-        return cls(model, tokenizer, _max_length(model_dir, model, tokenizer), device)
+        return cls(model, tokenizer, _max_length(model_dir, model.config, tokenizer), device)
+
+    @classmethod
+    def _load_onnx(cls, model_dir: Path, onnx_path: Path, threads: int | None,
+                   parameters: int | None = None) -> StudentClassifier:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(model_dir))
+        tokenizer = _tokenizer(model_dir)
+        session = onnx_session(onnx_path, threads)
+        names = {i.name for i in session.get_inputs()}
+        self = cls.__new__(cls)
+        self.model = None
+        self.tokenizer = tokenizer
+        self.max_length = _max_length(model_dir, config, tokenizer)
+        self.device = "cpu"
+        self.backend = "onnx-int8" if onnx_path.name == INT8_FILE else "onnx-fp32"
+        self.onnx_path = onnx_path
+        self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        if parameters is None:
+            record = json.loads((onnx_path.parent / PARITY_FILE).read_text(encoding="utf-8"))
+            parameters = int(record.get("parameters", 0))
+        self.parameters = parameters
+
+        def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+            return session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
+
+        self._run = run
+        return self
 
     def predict_proba(
         self, texts: list[str], batch_size: int = 64, progress: bool = False
@@ -60,17 +142,20 @@ class StudentClassifier:
         if not texts:
             return out
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
-        keys = [k for k in enc if k in self.tokenizer.model_input_names]
+        keys = [k for k in self.tokenizer.model_input_names if k in enc]
+        lengths = np.array([len(ids) for ids in enc["input_ids"]])
+        order = np.argsort(lengths, kind="stable")
         starts = range(0, len(texts), batch_size)
-        with torch.inference_mode():
-            for start in tqdm(starts, desc="student", unit="batch", disable=not progress):
-                idx = order[start : start + batch_size]
-                feats = [{k: enc[k][i] for k in keys} for i in idx]
-                batch = self.tokenizer.pad(feats, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                logits = self.model(**batch).logits.float()
-                out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+        bar = tqdm(total=len(texts), desc="student", unit="text", disable=not progress)
+        for start in starts:
+            idx = order[start : start + batch_size]
+            batch = self._pad({k: [enc[k][i] for i in idx] for k in keys}, int(lengths[idx].max()))
+            logits = self._run(batch).astype(np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            out[idx] = probs / probs.sum(axis=1, keepdims=True)
+            bar.update(len(idx))
+        bar.close()
         return out
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
@@ -78,8 +163,89 @@ class StudentClassifier:
         probs = self.predict_proba(texts, batch_size=batch_size)
         return [self.labels[i] for i in probs.argmax(axis=1)]
 
+    def _pad(self, features: dict[str, list[list[int]]], width: int) -> dict[str, np.ndarray]:
+        """Pad to `width` as the tokenizer would (its pad id and side), as int64 arrays."""
+        pad_values = {"input_ids": self.tokenizer.pad_token_id or 0,
+                      "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0)}
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        out = {}
+        for key, rows in features.items():
+            arr = np.full((len(rows), width), pad_values.get(key, 0), dtype=np.int64)
+            for r, ids in enumerate(rows):
+                if left:
+                    arr[r, width - len(ids):] = ids
+                else:
+                    arr[r, : len(ids)] = ids
+            out[key] = arr
+        return out
 
-def _max_length(model_dir: Path, model, tokenizer) -> int:
+
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with all graph optimizations, `threads` intra-op threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UsageError("onnxruntime is not installed: pip install 'llmdistill[export]'") from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = threads or 0
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 over the folder's config and weight files: which weights an export came from."""
+    import hashlib
+
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    files = sorted(f for f in model_dir.iterdir() if f.is_file() and (
+        f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def usable_export(model_dir: str | Path) -> tuple[Path | None, str]:
+    """The ONNX file `auto` would run (int8 before fp32), or None and the reason."""
+    onnx_dir = Path(model_dir) / ONNX_DIR
+    parity = onnx_dir / PARITY_FILE
+    if not parity.exists():
+        return None, "no export"
+    try:
+        record = json.loads(parity.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, f"{parity} is unreadable"
+    if record.get("weights_sha256") != weights_fingerprint(model_dir):
+        return None, "the export is older than the weights; export again"
+    variants = {v["file"]: v for v in record.get("variants", [])}
+    failed = []
+    for name in (INT8_FILE, FP32_FILE):
+        v = variants.get(name)
+        if v is None:
+            continue
+        if v.get("passed") and (onnx_dir / name).exists():
+            return onnx_dir / name, "ok"
+        failed.append(f"{name} agreement {v.get('agreement', 0):.4f} < {record.get('threshold')}")
+    return None, ("failed parity: " + "; ".join(failed)) if failed else "no variant recorded"
+
+
+def _tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load the tokenizer of {model_dir} ({e}): give the folder that "
+                         "training wrote") from None
+
+
+def _max_length(model_dir: Path, config, tokenizer) -> int:
     """The training max_length if recorded, else the StudentConfig default; never past the model."""
     cap = StudentConfig().max_length
     manifest = model_dir / MANIFEST_FILE
@@ -87,10 +253,18 @@ def _max_length(model_dir: Path, model, tokenizer) -> int:
         recorded = json.loads(manifest.read_text(encoding="utf-8")).get("student_config", {})
         cap = int(recorded.get("max_length", cap))
     limits = [cap, getattr(tokenizer, "model_max_length", cap)]
-    positions = getattr(model.config, "max_position_embeddings", None)
+    positions = getattr(config, "max_position_embeddings", None)
     if positions:
         # RoBERTa-style models offset positions by padding_idx + 1
-        offset = (model.config.pad_token_id or 0) + 1 if model.config.model_type in {
+        offset = (config.pad_token_id or 0) + 1 if config.model_type in {
             "roberta", "xlm-roberta", "camembert"} else 0
         limits.append(positions - offset)
     return int(min(limits))
+
+
+def default_threads() -> int:
+    """Cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
