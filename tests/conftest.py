@@ -101,3 +101,48 @@ def toy_split() -> tuple[pd.DataFrame, pd.DataFrame]:
 def toy_annotations_factory():
     """The `toy_annotations(n, seed)` builder, for tests that need their own frames."""
     return toy_annotations
+
+
+@pytest.fixture(scope="session")
+def tiny_student_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT student trained on the toy task: decisive and nearly always right, as a real
+    student folder (weights, tokenizer, llmdistill.json). Treat it as read-only."""
+    import torch
+
+    from llmdistill.config import StudentConfig
+    from llmdistill.student.train import train_student
+
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("tiny-student") / "student"
+    cfg = StudentConfig(model=str(tiny_bert_dir), epochs=8, batch_size=16, learning_rate=3e-3,
+                        warmup_ratio=0.2, early_stopping_patience=3, max_length=32, threads=1)
+    try:
+        train_student(toy_annotations(120, seed=1), toy_annotations(30, seed=2), TOY_LABELS,
+                      cfg, out, {"data": {"source": "toy"}})
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_parity_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 labelled toy texts as a CSV file (text, label), for parity checks and predict."""
+    path = tmp_path_factory.mktemp("toy-data") / "validation.csv"
+    toy_annotations(200, seed=3)[["id", "text", "label"]].to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported_student_dir(tiny_student_dir: Path, toy_parity_csv: Path,
+                         tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny student with an fp32 and an int8 ONNX export that passed parity (read-only)."""
+    import shutil
+
+    from llmdistill.student.export import export_student
+
+    out = tmp_path_factory.mktemp("exported") / "student"
+    shutil.copytree(tiny_student_dir, out)
+    frame = pd.read_csv(toy_parity_csv)
+    result = export_student(out, frame["text"].tolist(), frame["label"].tolist(), int8=True)
+    assert result.passed, result.record
+    return out

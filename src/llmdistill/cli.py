@@ -176,25 +176,126 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run or evaluate folde
 def predict(
     student: Annotated[Path, typer.Option(help="Trained student folder.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
-    input: Annotated[str | None, typer.Option("--input", help="CSV/JSONL/Parquet file.")] = None,
+    input: Annotated[str | None, typer.Option(
+        "--input", help="CSV/JSONL/Parquet file, or - for one text per line on stdin.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write .jsonl, .csv or .parquet instead of JSON lines on stdout.")] = None,
+    backend: Annotated[str, typer.Option(
+        help="auto (the ONNX export if it passed parity, else PyTorch), onnx or torch.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 64,
     text_column: TextCol = None,
 ) -> None:
-    """Classify texts; prints one JSON line per text (label and probabilities)."""
-    from llmdistill import data as data_mod
-    from llmdistill.student.predict import StudentClassifier
+    """Classify texts: label and probabilities per text, batched by length."""
+    from llmdistill.student.predict import (
+        StudentClassifier,
+        check_output,
+        prediction_records,
+        read_texts,
+        write_predictions,
+    )
 
+    if out:
+        check_output(out)
     if input:
-        rows = data_mod.read_table(input, text_column or "text", None)["text"].tolist()
+        frame = read_texts(input, text_column or "text")
+        ids, rows = frame["id"].tolist(), frame["text"].tolist()
     elif texts:
         rows = list(texts)
+        ids = [f"r{i}" for i in range(len(rows))]
     else:
-        raise UsageError("no texts: pass TEXT arguments or --input FILE")
-    clf = StudentClassifier.load(student)
-    probs = clf.predict_proba(rows, progress=bool(input))
-    for text, p in zip(rows, probs, strict=True):
-        print(json.dumps({"text": text, "label": clf.labels[int(p.argmax())],
-                          "probs": {lab: round(float(x), 6) for lab, x in
-                                    zip(clf.labels, p, strict=True)}}, ensure_ascii=False))
+        raise UsageError("no texts: pass TEXT arguments or --input FILE (- for stdin)")
+    clf = StudentClassifier.load(student, backend=backend)  # type: ignore[arg-type]
+    probs = clf.predict_proba(rows, batch_size=batch_size, progress=bool(input))
+    records = prediction_records(ids, rows, probs, clf.labels)
+    if out:
+        write_predictions(records, clf.labels, out)
+        err.print(f"wrote {out} ({len(records)} texts, backend {clf.backend})")
+        return
+    for r in records:
+        print(json.dumps({"text": r["text"], "label": r["label"], "probs": r["probs"]},
+                         ensure_ascii=False))
+
+
+@app.command("export")
+def export_cmd(
+    student: Annotated[Path, typer.Argument(help="Trained student folder.")],
+    int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 model (dynamic "
+                                                      "quantization).")] = False,
+    data: Annotated[str | None, typer.Option(help="Parity texts: file or embedded split "
+                                                  "(default tweets:validation).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        help="Label agreement with PyTorch an export needs (default 0.99).")] = None,
+    config: ConfigOpt = None, text_column: TextCol = None, label_column: LabelCol = None,
+) -> None:
+    """ONNX (and int8) export with a parity check; exit code 1 when an export fails it."""
+    from llmdistill import data as data_mod
+    from llmdistill.student.export import export_student
+
+    cfg = _config(config, text_column, label_column)
+    if min_agreement is not None:
+        cfg.export.min_agreement = min_agreement
+    spec = data or cfg.export.data
+    embedded = ":" in spec and not Path(spec).exists()
+    data_cfg = cfg.data.model_copy(update={"max_validation": None, "max_test": None}) \
+        if embedded else cfg.data
+    frame, _ = data_mod.resolve(spec, data_cfg)
+    gold = frame["label"].astype(str).tolist() if "label" in frame.columns else None
+    result = export_student(student, frame["text"].tolist(), gold, cfg.export,
+                            int8=int8 or cfg.export.int8, data_name=spec)
+    rec = result.record
+    torch_acc = "" if rec["torch_accuracy"] is None else \
+        f", PyTorch accuracy {rec['torch_accuracy']:.2%}"
+    err.print(f"parity on {rec['texts']} texts of {spec}{torch_acc}:")
+    for v in result.variants:
+        acc = "" if v["accuracy"] is None else \
+            f", accuracy {v['accuracy']:.2%} ({v['accuracy_change']:+.2f} points)"
+        err.print(f"  {v['file']:<16} {v['bytes'] / 1e6:6.1f} MB  agreement {v['agreement']:.2%}"
+                  f"{acc}, max |Δp| {v['max_abs_prob_diff']:.4f}  "
+                  f"{'passed' if v['passed'] else 'FAILED'}", highlight=False)
+    err.print(f"wrote {result.out_dir}", highlight=False)
+    if not result.passed:
+        err.print(f"[red]error:[/red] agreement below {rec['threshold']:.2%}: the failed file is "
+                  "kept for inspection, marked failed in parity.json, and never used by predict "
+                  "or serve", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_cmd(
+    student: Annotated[Path, typer.Argument(help="Trained student folder.")],
+    host: Annotated[str | None, typer.Option(help="Address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, onnx or torch.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
+    max_texts: Annotated[int | None, typer.Option(help="Texts per request.")] = None,
+    max_chars: Annotated[int | None, typer.Option(help="Characters per text.")] = None,
+    cascade_teacher: Annotated[str | None, typer.Option(
+        help="Teacher that answers when the student is unsure (e.g. smollm2-135m).")] = None,
+    cascade_threshold: Annotated[float | None, typer.Option(
+        help="The student answers when its top probability is at least this.")] = None,
+    demos: Annotated[str | None, typer.Option(help="Labelled data for the cascade teacher's "
+                                                   "few-shot demos.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """HTTP service: POST /v1/classify, GET /healthz, OpenAPI docs at /docs."""
+    from pydantic import ValidationError
+
+    from llmdistill.serve import app_from_folder, serve
+
+    cfg = _config(config)
+    flags = {"host": host, "port": port, "backend": backend, "threads": threads,
+             "max_texts": max_texts, "max_chars": max_chars, "cascade_teacher": cascade_teacher,
+             "cascade_threshold": cascade_threshold}
+    try:
+        scfg = cfg.serve.model_validate(cfg.serve.model_dump() | {k: v for k, v in flags.items()
+                                                                  if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    app_ = app_from_folder(student, scfg, cfg, demos)
+    err.print(f"serving {student} on http://{scfg.host}:{scfg.port} (docs at /docs)",
+              highlight=False)
+    serve(app_, scfg.host, scfg.port)
 
 
 def main() -> None:

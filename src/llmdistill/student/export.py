@@ -10,6 +10,7 @@ configured agreement is kept for inspection but marked `passed: false`, so that
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -177,15 +178,16 @@ def export_onnx(classifier: StudentClassifier, path: Path, opset: int = 17) -> N
 
     model = classifier.model
     tok = classifier.tokenizer
-    names = [n for n in tok.model_input_names if n in ("input_ids", "attention_mask",
-                                                       "token_type_ids")]
+    # ONNX inputs follow forward()'s parameter order, whatever the order of the kwargs
+    params = inspect.signature(model.forward).parameters
+    names = [n for n in params if n in tok.model_input_names]
     # Two texts of different lengths: the traced graph takes the padded (general) mask path.
     example = tok(["a short one", "a somewhat longer example text to pad against"],
                   padding=True, return_tensors="pt")
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter about the legacy path
-        torch.onnx.export(model.eval(), tuple(example[n] for n in names), str(path),
+        torch.onnx.export(model.eval(), (), str(path), kwargs={n: example[n] for n in names},
                           input_names=names, output_names=["logits"], dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
 

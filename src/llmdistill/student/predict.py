@@ -262,9 +262,70 @@ def _max_length(model_dir: Path, config, tokenizer) -> int:
     return int(min(limits))
 
 
-def default_threads() -> int:
-    """Cores this process may use."""
+OUTPUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+def read_texts(source: str, text_column: str = "text", stdin: Any = None) -> Any:
+    """`--input`: a CSV/JSONL/Parquet file, or "-" for one text per line on stdin.
+
+    Returns a frame with `id` and `text`; blank stdin lines are skipped.
+    """
+    import sys
+
+    import pandas as pd
+
+    from llmdistill import data as data_mod
+
+    if source == "-":
+        lines = [line.rstrip("\r\n") for line in (stdin or sys.stdin)]
+        texts = [t for t in lines if t.strip()]
+        if not texts:
+            raise UsageError("stdin held no texts: pipe one text per line into --input -")
+        return pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts})
+    return data_mod.read_table(source, text_column, None)
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output that exists or has an unknown format, before any work is done."""
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"--out {out}: unknown format {out.suffix!r}: use "
+                         f"{', '.join(OUTPUT_SUFFIXES)}")
+    if out.exists():
+        raise UsageError(f"{out} already exists: pass a new --out or delete it")
+
+
+def prediction_records(ids: list[str], texts: list[str], probs: np.ndarray,
+                       labels: list[str]) -> list[dict]:
+    """One dict per text: id, text, label and each label's probability."""
+    out = []
+    for i, text, p in zip(ids, texts, probs, strict=True):
+        out.append({"id": i, "text": text, "label": labels[int(p.argmax())],
+                    "probs": {lab: round(float(x), 6) for lab, x in zip(labels, p, strict=True)}})
+    return out
+
+
+def write_predictions(records: list[dict], labels: list[str], out: Path) -> None:
+    """Write predictions as JSONL (as printed), or CSV/Parquet with a prob_<label> column each."""
+    import pandas as pd
+
+    check_output(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+        if out.suffix.lower() == ".jsonl":
+            with tmp.open("w", encoding="utf-8") as f:
+                for r in records:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        else:
+            frame = pd.DataFrame({"id": [r["id"] for r in records],
+                                  "text": [r["text"] for r in records],
+                                  "label": [r["label"] for r in records]})
+            for lab in labels:
+                frame[f"prob_{lab}"] = [r["probs"][lab] for r in records]
+            if out.suffix.lower() == ".csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

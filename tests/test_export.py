@@ -1,0 +1,175 @@
+"""ONNX/int8 export: parity with PyTorch, the failed-export path, staleness, atomic rewrites."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from llmdistill.cli import app
+from llmdistill.config import ExportConfig
+from llmdistill.errors import UsageError
+from llmdistill.student import export as export_mod
+from llmdistill.student.export import export_student, parity
+from llmdistill.student.predict import (
+    FP32_FILE,
+    INT8_FILE,
+    ONNX_DIR,
+    PARITY_FILE,
+    StudentClassifier,
+    usable_export,
+    weights_fingerprint,
+)
+
+LABELS = ["negative", "neutral", "positive"]
+MIXED = ["love", "awful awful awful", "the meeting is on tuesday at the station",
+         "great " * 80, "I hate this broken table, worst day", "happy"]
+
+
+def _record(model_dir: Path) -> dict:
+    return json.loads((model_dir / ONNX_DIR / PARITY_FILE).read_text())
+
+
+def test_parity_counts_agreement_and_accuracy_change() -> None:
+    ref = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    cand = ref.copy()
+    cand[3] = [0.3, 0.6, 0.1]  # one flip: 3 of 4 agree
+    p = parity(ref, cand, ["negative", "neutral", "positive", "neutral"], LABELS, 0.75)
+    assert p["agreement"] == 0.75 and p["passed"]
+    assert p["reference_accuracy"] == 0.75 and p["accuracy"] == 1.0
+    assert p["accuracy_change"] == pytest.approx(25.0)
+    assert p["max_abs_prob_diff"] == pytest.approx(0.3)
+    assert not parity(ref, cand, None, LABELS, 0.76)["passed"]
+    assert parity(ref, cand, None, LABELS, 0.5)["accuracy"] is None
+    with pytest.raises(UsageError):
+        parity(ref, cand[:2], None, LABELS, 0.9)
+
+
+def test_export_writes_fp32_int8_and_a_passing_parity_record(exported_student_dir) -> None:
+    onnx_dir = exported_student_dir / ONNX_DIR
+    assert {p.name for p in onnx_dir.iterdir()} == {FP32_FILE, INT8_FILE, PARITY_FILE}
+    record = _record(exported_student_dir)
+    assert record["passed"] and record["texts"] == 200 and record["gold"]
+    assert record["weights_sha256"] == weights_fingerprint(exported_student_dir)
+    assert record["torch_accuracy"] >= 0.8  # the trained toy student is good
+    by_file = {v["file"]: v for v in record["variants"]}
+    assert by_file[FP32_FILE]["agreement"] == 1.0
+    assert by_file[FP32_FILE]["max_abs_prob_diff"] < 1e-4
+    assert by_file[INT8_FILE]["agreement"] >= 0.99
+    assert abs(by_file[INT8_FILE]["accuracy_change"]) <= 1.0
+    assert by_file[INT8_FILE]["bytes"] < by_file[FP32_FILE]["bytes"]
+    leftovers = [p.name for p in exported_student_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_auto_backend_runs_int8_and_matches_pytorch_on_mixed_lengths(exported_student_dir):
+    auto = StudentClassifier.load(exported_student_dir)
+    torch_clf = StudentClassifier.load(exported_student_dir, backend="torch")
+    fp32 = StudentClassifier._load_onnx(exported_student_dir,
+                                        exported_student_dir / ONNX_DIR / FP32_FILE, None)
+    assert auto.backend == "onnx-int8" and fp32.backend == "onnx-fp32"
+    assert torch_clf.backend == "torch"
+    assert auto.labels == torch_clf.labels == LABELS
+    assert auto.parameters == torch_clf.parameters > 0
+    ref = torch_clf.predict_proba(MIXED, batch_size=4)  # padded batches and a truncated text
+    np.testing.assert_allclose(fp32.predict_proba(MIXED, batch_size=4), ref, atol=1e-4)
+    got = auto.predict_proba(MIXED, batch_size=4)
+    assert got.shape == (len(MIXED), 3)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-9)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 5 / 6
+    # order is the caller's, whatever the batch size (dynamic int8 quantizes activations with
+    # one scale per batch, so the numbers move a little with the batch's other texts)
+    np.testing.assert_allclose(auto.predict_proba(MIXED[::-1], batch_size=64), got[::-1],
+                               atol=0.02)
+    np.testing.assert_allclose(fp32.predict_proba(MIXED[::-1], batch_size=64),
+                               fp32.predict_proba(MIXED, batch_size=4)[::-1], atol=1e-5)
+    assert auto.predict_proba([]).shape == (0, 3)
+
+
+def _shift_bias(src: Path, dst: Path, *_args) -> None:
+    """A stand-in for quantization whose 'int8' model always says negative."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        if init.name == "classifier.bias":
+            bias = numpy_helper.to_array(init).copy()
+            bias[0] += 100.0
+            init.CopyFrom(numpy_helper.from_array(bias, init.name))
+    onnx.save(model, str(dst))
+
+
+@pytest.fixture
+def student_copy(tiny_student_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "student"
+    shutil.copytree(tiny_student_dir, out)
+    return out
+
+
+def test_failed_parity_exits_1_keeps_the_file_marked_failed_and_is_never_used(
+        student_copy, toy_parity_csv, monkeypatch) -> None:
+    monkeypatch.setattr(export_mod, "quantize_int8", _shift_bias)
+    r = CliRunner().invoke(app, ["export", str(student_copy), "--int8", "--data",
+                                 str(toy_parity_csv)])
+    assert r.exit_code == 1, r.output
+    assert "FAILED" in r.output and "never used" in r.output
+    record = _record(student_copy)
+    by_file = {v["file"]: v for v in record["variants"]}
+    assert not record["passed"]
+    assert by_file[FP32_FILE]["passed"] and not by_file[INT8_FILE]["passed"]
+    assert by_file[INT8_FILE]["agreement"] < 0.5
+    assert (student_copy / ONNX_DIR / INT8_FILE).exists()  # kept for inspection
+    assert StudentClassifier.load(student_copy).backend == "onnx-fp32"  # int8 skipped
+
+
+def test_export_cli_prints_parity_and_reexport_replaces_the_old_export(
+        student_copy, toy_parity_csv, monkeypatch) -> None:
+    monkeypatch.setattr(export_mod, "quantize_int8", _shift_bias)
+    CliRunner().invoke(app, ["export", str(student_copy), "--int8", "--data",
+                             str(toy_parity_csv)])
+    r = CliRunner().invoke(app, ["export", str(student_copy), "--data", str(toy_parity_csv),
+                                 "--min-agreement", "0.95"])
+    assert r.exit_code == 0, r.output
+    assert "agreement 100.00%" in r.output and "passed" in r.output
+    assert sorted(p.name for p in (student_copy / ONNX_DIR).iterdir()) == [FP32_FILE,
+                                                                           PARITY_FILE]
+    assert _record(student_copy)["threshold"] == 0.95
+    assert not [p for p in student_copy.iterdir() if p.name.startswith(".onnx")]
+
+
+def test_an_export_older_than_the_weights_is_not_used(exported_student_dir, tmp_path) -> None:
+    stale = tmp_path / "stale"
+    shutil.copytree(exported_student_dir, stale)
+    config = json.loads((stale / "config.json").read_text())
+    config["retrained"] = True  # any change to the weights or config
+    (stale / "config.json").write_text(json.dumps(config))
+    path, why = usable_export(stale)
+    assert path is None and "older than the weights" in why
+    assert StudentClassifier.load(stale).backend == "torch"
+    with pytest.raises(UsageError, match="llmdistill export"):
+        StudentClassifier.load(stale, backend="onnx")
+
+
+def test_export_refuses_a_folder_without_a_model_and_labels_outside_the_student(
+        tmp_path, student_copy) -> None:
+    with pytest.raises(UsageError, match="not a model folder"):
+        export_student(tmp_path, ["a text"])
+    with pytest.raises(UsageError, match="not the student's"):
+        export_student(student_copy, ["a text"], ["joy"])
+    with pytest.raises(UsageError, match="no parity texts"):
+        export_student(student_copy, [])
+    assert not (student_copy / ONNX_DIR).exists()
+
+
+def test_max_texts_caps_the_parity_set(student_copy, toy_parity_csv) -> None:
+    frame = pd.read_csv(toy_parity_csv)
+    result = export_student(student_copy, frame["text"].tolist(), frame["label"].tolist(),
+                            ExportConfig(max_texts=50))
+    assert result.passed and result.record["texts"] == 50
+    assert [v["file"] for v in result.variants] == [FP32_FILE]
