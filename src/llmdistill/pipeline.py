@@ -69,8 +69,14 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
 
 def estimate(frame: pd.DataFrame, labels: list[str], demos: list[dict], cfg: TeacherConfig,
              cache_dir: Path) -> dict:
-    """--dry-run: what labelling `frame` would cost, before spending anything."""
-    teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
+    """--dry-run: what labelling `frame` would cost, before spending anything (no requests)."""
+    if cfg.spec.startswith("openai:"):
+        from llmdistill.teachers.openai_api import OpenAITeacher
+
+        teacher = OpenAITeacher(cfg.spec.removeprefix("openai:"), labels, demos, cfg,
+                                preflight=False)
+    else:
+        teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
     try:
         if not hasattr(teacher, "estimate"):
             return {"texts": len(frame), "dollars": 0.0, "note": f"{cfg.spec} runs locally"}

@@ -93,7 +93,7 @@ class OpenAITeacher(Teacher):
     """Label probabilities from a chat-completions endpoint, concurrently and politely."""
 
     def __init__(self, target: str, labels: list[str], demos: list[dict],
-                 cfg: TeacherConfig) -> None:
+                 cfg: TeacherConfig, preflight: bool = True) -> None:
         import openai
 
         self.model, self.base_url = parse_openai_spec(target)
@@ -135,7 +135,12 @@ class OpenAITeacher(Teacher):
                      "concurrency": self.api.concurrency}
         self.prompt_chars = len(system_message(cfg, labels)) + sum(
             len(d["text"]) + 20 for d in demos)
-        self._run(self._preflight())
+        if preflight:
+            try:
+                self._run(self._preflight())
+            except TeacherError:
+                self.close()
+                raise
 
     async def _make_client(self, key: str):
         """The SDK's async client; on aiohttp where installed (several times httpx's rate)."""
