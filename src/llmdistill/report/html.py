@@ -363,7 +363,8 @@ table { border-collapse: collapse; width: 100%; font-size: .9rem;
 th, td { text-align: left; padding: 6px 9px; border-bottom: 1px solid var(--line);
   vertical-align: top; }
 th { background: var(--soft); font-weight: 600; }
-td.num, th.num { text-align: right; white-space: nowrap; }
+td.num, th.num { text-align: right; }
+td.num { white-space: nowrap; }
 .chip { display: inline-block; width: .75em; height: .75em; border-radius: 2px;
   margin-right: .4em; background: var(--c, #8a8f98); vertical-align: baseline; }
 .badge { display: inline-block; padding: 0 .5em; border-radius: 1em; font-size: .75rem;
@@ -374,7 +375,7 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 figure { margin: 0; min-width: 0; }
 figure h3 { margin-top: .3rem; }
 figure img { display: block; max-width: 100%; height: auto; }  /* natural size: even text */
-td.name { min-width: 11em; }
+td.name { white-space: nowrap; }
 .kv td { padding: 3px 9px; }
 .kv td:first-child { white-space: nowrap; color: var(--muted); }
 .kv td, code { overflow-wrap: anywhere; word-break: break-word; }
@@ -390,7 +391,8 @@ footer { margin-top: 2.5rem; font-size: .8rem; color: var(--muted); }
   .figs, .figs.wide { grid-template-columns: minmax(0, 1fr); }
   table.stack thead { display: none; }
   table.stack tr { display: block; padding: 8px 0; border-bottom: 1px solid var(--line); }
-  table.stack td { display: block; border: 0; padding: 2px 0; text-align: left; }
+  table.stack td { display: block; border: 0; padding: 2px 0; text-align: left;
+    white-space: normal; }
   table.stack td.name { font-weight: 600; }
   table.stack td[data-h]::before { content: attr(data-h) ": "; color: var(--muted); }
 }

@@ -25,7 +25,7 @@ try:
     from matplotlib.colors import LinearSegmentedColormap, to_rgb
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 except ImportError as e:  # an optional extra: say how to get it
     raise UsageError("report.html needs matplotlib: pip install 'llmdistill[report]'") from e
 
@@ -209,6 +209,7 @@ def bar_chart(values: dict[str, float], label: str, unit: str) -> Chart:
             ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             ax.set_xlim(0, max(vals) * 1.5)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # tick labels never touch
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _number(v)))
         ax.set_ylim(-0.6, len(models) - 0.4)
         ax.set_xlabel(_text(label + (" (log scale)" if log else "")))
