@@ -135,10 +135,14 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
                            "cost": {k: teacher_manifest.get(k) for k in
                                     ("tokens", "dollars", "dollars_per_1000")}
                            if teacher_manifest else None}
-    info["manifest"] = {"llmdistill_version": __version__, "student_dir": str(student_dir),
+    info["manifest"] = {"llmdistill_version": __version__, "versions": _versions(),
+                        "student": _student_record(student_dir),
+                        "student_dir": str(student_dir),
                         "gold_hash": frame_hash(gold),
                         "teacher": (teacher_manifest or {}).get("teacher"),
                         "prompt_hash": (teacher_manifest or {}).get("prompt_hash"),
+                        "annotations_data_hash": (teacher_manifest or {}).get("data_hash"),
+                        "split": (teacher_manifest or {}).get("data"),
                         "demos": [d["id"] for d in (teacher_manifest or {}).get("demos", [])]}
     metrics = evaluate_predictions(gold, teacher_df, probs, labels, cfg, info)
     if out_dir is not None:
@@ -172,6 +176,29 @@ def raise_labels(student_labels: list[str], labels: list[str]) -> None:
 
     raise UsageError(f"the student predicts {student_labels} but the data's labels are "
                      f"{labels}: evaluate on data with the student's label set")
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "transformers", "llama-cpp-python", "scikit-learn", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _student_record(student_dir: Path) -> dict:
+    """The trained folder's settings (seed, KD parameters) and training result, for manifests."""
+    meta = Path(student_dir) / "llmdistill.json"
+    if not meta.exists():
+        return {}
+    rec = json.loads(meta.read_text())
+    keys = ("base_model", "student_config", "used", "skipped", "best_epoch",
+            "validation_agreement", "samples_per_second")
+    return {k: rec[k] for k in keys if k in rec}
 
 
 def _student_name(student_dir: Path) -> str:
@@ -231,7 +258,7 @@ def run(cfg: RunConfig) -> dict:
     metrics = evaluate(student_dir, test, labels, cfg.evaluate, table, manifest, out_dir=out)
     update_metrics(student_dir, card_metrics(metrics))
     print_summary(metrics, Console())
-    console.print(f"report: {out / 'report.md'}")
+    console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return metrics
 
 
