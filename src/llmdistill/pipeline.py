@@ -96,12 +96,17 @@ def train_split(annotations: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.
 
 def train(annotations: pd.DataFrame, labels: list[str], cfg: StudentConfig, out_dir: Path,
           manifest: dict):
-    """Distil the student from the teacher's probabilities (gold is never read here)."""
+    """Distil the student from the teacher's probabilities.
+
+    Gold is read only from training rows, as the anchor set (`cfg.anchor_size` of them) that
+    estimates the teacher's confusion for the noise-aware options; never to select a model.
+    """
     from llmdistill.student.train import train_student
 
     tr, val = train_split(annotations, cfg.seed)
+    anchor = tr if "gold" in tr.columns and tr["gold"].notna().any() else None
     manifest = {**manifest, "student": cfg.model_dump(mode="json")}
-    return train_student(tr, val, labels, cfg, out_dir, manifest)
+    return train_student(tr, val, labels, cfg, out_dir, manifest, anchor=anchor)
 
 
 def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: EvaluateConfig,
