@@ -151,3 +151,41 @@ def test_free_text_replies_are_parsed_to_labels_or_none():
     assert parse_label("The sentiment is neutral", LABELS) == "neutral"
     assert parse_label("positive or negative", LABELS) is None
     assert parse_label("I cannot help", LABELS) is None
+
+
+def test_killed_client_resumes_against_the_server_relabelling_nothing(server, tmp_path):
+    import signal
+    import sqlite3
+
+    def cached(db):
+        try:
+            with sqlite3.connect(db) as c:
+                return {h: (s, p) for h, s, p in
+                        c.execute("SELECT text_hash, status, probs FROM annotations")}
+        except sqlite3.OperationalError:  # not created yet
+            return {}
+
+    env = {**os.environ, "LLMDISTILL_CACHE": str(tmp_path / "cache")}
+    db, out = tmp_path / "cache" / "annotations.sqlite", tmp_path / "a.parquet"
+    (tmp_path / "c.yaml").write_text("teacher:\n  n_demos: 0\n  api: {concurrency: 2}\n")
+    args = [sys.executable, "-m", "llmdistill.cli", "annotate", "--config",
+            str(tmp_path / "c.yaml"),
+            "--data", "tweets:test", "--limit", "60", "--teacher", f"openai:smol@{server}",
+            "--out", str(out)]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(cached(db)) < 16 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = cached(db)
+    assert 16 <= len(before) < 60, "the kill should land midway"
+    assert not out.exists()
+
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = cached(db)
+    assert len(after) == 60
+    assert all(after[h] == row for h, row in before.items()), "cached texts were relabelled"
+    table = pd.read_parquet(out)
+    assert len(table) == 60 and set(table["status"]) <= set(STATUSES)

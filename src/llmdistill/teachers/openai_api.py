@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 from llmdistill.config import ApiConfig, TeacherConfig
 from llmdistill.errors import TeacherError
 from llmdistill.teachers.base import Annotation, Teacher
-from llmdistill.teachers.prompts import build_messages, system_message
+from llmdistill.teachers.prompts import Prompt, build_messages, system_message
 
 # $ per million input / output tokens, list prices on 2026-11-01; override in the config.
 PRICES: dict[str, tuple[float, float]] = {
@@ -129,6 +129,9 @@ class OpenAITeacher(Teacher):
         messages = build_messages(cfg, labels, demos, "")
         blob = json.dumps([messages, decoding], sort_keys=True)
         self.prompt_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        # what the manifest records: the chat messages sent before each text (the text is last)
+        self.prompt = Prompt(prefix=json.dumps(messages[:-1], ensure_ascii=False), suffix="",
+                             demos=demos)
         self.id = f"openai:{self.model}@{self.base_url}"
         self.info = {"backend": "openai-compatible", "model": self.model,
                      "base_url": self.base_url, "decoding": decoding,
