@@ -102,8 +102,8 @@ class StudentConfig(_Strict):
     confidence_weighting: bool = Field(False, description="weight each text by the teacher's "
                                                           "top probability")
     class_weights: Literal["none", "balanced", "anchor"] = Field(
-        "none", description="per-class loss weights by the teacher's label: balanced = inverse "
-                            "frequency; anchor = gold prior / teacher prior")
+        "balanced", description="per-class loss weights by the teacher's label: balanced = "
+                                "inverse frequency; anchor = gold prior / teacher prior")
 
 
 class EvaluateConfig(_Strict):
