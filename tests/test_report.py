@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from llmdistill.cascade import curve_for_report
 from llmdistill.config import EvaluateConfig
 from llmdistill.evaluate import evaluate_predictions
 from llmdistill.report import markdown as md
@@ -17,8 +18,8 @@ SPEED = {"throughput_texts_per_s": 412.5, "batch": 64, "n_texts": 256,
          "hardware": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2, "platform": "Linux"}}
 
 
-def make_metrics(teacher: bool = True, no_answer: int = 0) -> dict:
-    """300 texts; the teacher under-predicts neutral, the student is a little worse."""
+def _synthetic_run(no_answer: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """300 texts: gold, a teacher that under-predicts neutral, a slightly worse student."""
     rng = np.random.default_rng(0)
     gold = rng.choice(LABELS, 300, p=[0.3, 0.4, 0.3])
     gold_df = pd.DataFrame({"id": range(300), "text": "t", "label": gold})
@@ -26,7 +27,12 @@ def make_metrics(teacher: bool = True, no_answer: int = 0) -> dict:
     teacher_df = pd.DataFrame({"id": range(300), "status": "ok", "label": t_label})
     teacher_df.loc[: no_answer - 1, ["status", "label"]] = ["error", None]
     s_idx = [LABELS.index(x) for x in np.where(rng.random(300) < 0.1, "negative", t_label)]
-    probs = np.eye(3)[s_idx] * 0.7 + 0.1
+    return gold_df, teacher_df, np.eye(3)[s_idx] * 0.7 + 0.1
+
+
+def make_metrics(teacher: bool = True, no_answer: int = 0) -> dict:
+    """The report's metrics for `_synthetic_run`."""
+    gold_df, teacher_df, probs = _synthetic_run(no_answer)
     info = {"teacher": {"name": "qwen2.5-1.5b", "parameters": 1_540_000_000,
                         "speed": {"seconds_per_text": 0.5}},
             "student": {"name": "minilm-l6", "parameters": 22_700_000,
@@ -120,3 +126,39 @@ def test_write_report_is_atomic_and_json_roundtrips(metrics, tmp_path, monkeypat
 def test_json_output_has_no_nan_or_numpy_types(tmp_path):
     m = {"n": 1, "labels": LABELS, "x": np.float32(0.5), "y": float("nan"), "z": np.arange(2)}
     assert md._clean(m) == {"n": 1, "labels": LABELS, "x": 0.5, "y": None, "z": [0, 1]}
+
+
+def test_cascade_section_lists_the_curve_from_all_student_to_all_teacher(metrics):
+    gold_df, teacher_df, probs = _synthetic_run()
+    m = metrics | {"cascade": curve_for_report(probs, teacher_df, gold_df, LABELS,
+                                               {"seconds_per_text": 0.5}, SPEED, [0.0, 1.0])}
+    text = render_markdown(m)
+    assert "## Cascade: the student first, the teacher when unsure" in text
+    everything, nothing = m["cascade"]["curve"]
+    assert everything["accuracy"] == pytest.approx(m["student"]["accuracy"]["value"])
+    assert nothing["accuracy"] == pytest.approx(m["teacher"]["accuracy"]["value"])
+    assert f"| 0.00 | 100.0% | {everything['accuracy']:.1%} |" in text
+    assert f"| 1.00 | 0.0% | {nothing['accuracy']:.1%} | — | 1000 |" in text
+    assert "## Cascade" not in render_markdown(make_metrics(teacher=False))
+
+
+def test_evaluate_stores_the_cascade_curve_in_metrics_json_and_report(tiny_student_dir, tmp_path,
+                                                                      toy_annotations):
+    from llmdistill import pipeline
+    from llmdistill.data import text_hash
+
+    gold = toy_annotations(60, seed=5)
+    teacher = gold.assign(text_hash=gold["text"].map(text_hash))
+    teacher.loc[:9, "label"] = "neutral"  # a teacher wrong on some texts, silent on one
+    teacher.loc[10, ["status", "label"]] = ["error", None]
+    cfg = EvaluateConfig(bootstrap=50, speed_texts=16, latency_samples=5)
+    pipeline.evaluate(tiny_student_dir, gold[["id", "text", "label"]], LABELS, cfg, teacher,
+                      {"seconds_per_text": 0.25}, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    curve = saved["cascade"]["curve"]
+    assert [r["threshold"] for r in curve] == saved["cascade"]["thresholds"]
+    assert curve[0]["coverage"] == 1.0 and curve[-1]["coverage"] < 1.0
+    assert curve[-1]["cpu_seconds_per_1000"] > 0.25 * curve[-1]["teacher_texts_per_1000"]
+    assert "## Cascade: the student first" in (tmp_path / "report.md").read_text(encoding="utf-8")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<section id="cascade">' in page and "cascade accuracy" in page

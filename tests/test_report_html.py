@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from browser import Browser, find_chromium, inspect_page
 
+from llmdistill.cascade import curve_for_report
 from llmdistill.config import EvaluateConfig
 from llmdistill.errors import UsageError
 from llmdistill.evaluate import NO_ANSWER, evaluate_predictions
@@ -78,6 +79,10 @@ def make_run(teacher: bool = True) -> tuple[dict, pd.DataFrame]:
         del info["teacher"]
     metrics = evaluate_predictions(gold_df, teacher_df if teacher else None, s_probs, LABELS,
                                    EvaluateConfig(bootstrap=200), info)
+    if teacher:
+        metrics["cascade"] = curve_for_report(
+            s_probs, teacher_df, gold_df, LABELS,
+            {"seconds_per_text": 0.5, "dollars_per_1000": 0.5}, SPEED)
     preds = gold_df.rename(columns={"label": "gold"}).copy()
     preds["student"] = s_label
     for j, lab in enumerate(LABELS):
@@ -144,8 +149,9 @@ def test_page_is_self_contained(page, page_source):
 
 def test_every_chart_is_an_svg_data_uri_with_alt_text(page):
     imgs = page.all("img")
-    # 3 confusion matrices, precision and recall, 2 reliability diagrams, 3 speed/size charts
-    assert len(imgs) == 10
+    # 3 confusion matrices, precision and recall, 2 reliability diagrams, 3 speed/size charts,
+    # the cascade curve
+    assert len(imgs) == 11
     assert all(i["src"].startswith("data:image/svg+xml;base64,") and i["alt"] for i in imgs)
 
 
@@ -187,6 +193,20 @@ def test_speed_size_cost_and_hardware(page):
     assert "$0.5" in words  # teacher's dollars per 1,000 texts
     assert "8.33 min" in words  # 1,000 texts at 0.5 s each
     assert "Test CPU <9000>, 2 cores, 2 torch threads" in words
+
+
+def test_cascade_section_shows_the_curve_from_all_student_to_all_teacher(run, page):
+    metrics, _ = run
+    words = page.words
+    assert "Cascade: the student first, the teacher when unsure" in words
+    assert any(img.get("alt", "").startswith("cascade accuracy") for img in page.all("img"))
+    curve = metrics["cascade"]["curve"]
+    everything, nothing = curve[0], curve[-1]  # thresholds 0 and 1
+    assert everything["coverage"] == 1.0
+    assert everything["accuracy"] == pytest.approx(metrics["student"]["accuracy"]["value"])
+    assert nothing["coverage"] < 0.05  # only texts with probability exactly 1 stay
+    assert f"0.00 100.0% {everything['accuracy']:.1%}" in words
+    assert "## Cascade: the student first" in render_markdown(metrics)
 
 
 def test_manifest_lists_versions_hashes_and_seeds(page):
@@ -283,7 +303,7 @@ def test_report_in_headless_chromium(browser, report_file, width, mobile, tmp_pa
     assert r.console_errors == []
     assert r.external_requests == [] and r.requests[0] == r.url
     assert r.scripts == 0  # the tweet that is a <script> stayed text
-    assert len(r.images) == 10
+    assert len(r.images) == 11  # the ten charts and the cascade curve
     for img in r.images:
         assert img["width"] > 0 and img["height"] > 0 and img["complete"], img
         assert img["natural"] is None or img["natural"] > 0, img

@@ -22,6 +22,7 @@ from llmdistill.annotate import (
     status_counts,
     write_annotations,
 )
+from llmdistill.cascade import curve_for_report
 from llmdistill.config import EvaluateConfig, RunConfig, StudentConfig, TeacherConfig
 from llmdistill.data import frame_hash, load_dataset, text_hash
 from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
@@ -150,6 +151,9 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
                         "split": (teacher_manifest or {}).get("data"),
                         "demos": [d["id"] for d in (teacher_manifest or {}).get("demos", [])]}
     metrics = evaluate_predictions(gold, teacher_df, probs, labels, cfg, info)
+    if teacher_df is not None:  # what deferring unsure texts to the teacher would give
+        metrics["cascade"] = curve_for_report(probs, teacher_df, gold, labels, teacher_manifest,
+                                              info["student"]["speed"])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         preds = gold[["id", "text", "label"]].rename(columns={"label": "gold"}).copy()

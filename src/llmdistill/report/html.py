@@ -265,6 +265,34 @@ def _disagreements(predictions: pd.DataFrame | None, labels: list[str], seed: in
     return {"total": len(differ), "n": len(predictions), "rows": rows, "seed": seed}
 
 
+def _cascade(metrics: dict) -> dict:
+    """The cascade curve as table rows and a chart (empty without a teacher)."""
+    cascade = metrics.get("cascade")
+    if not cascade or not cascade.get("curve"):
+        return {}
+    curve = cascade["curve"]
+    teacher = metrics.get("teacher")
+    chart = plots.cascade_chart(curve, teacher["accuracy"]["value"] if teacher else None,
+                                metrics["student"]["accuracy"]["value"])
+    money = "{:.4f}".format
+    rows = [{"threshold": f"{r['threshold']:.2f}", "coverage": _pct(r["coverage"]),
+             "accuracy": _pct(r["accuracy"]),
+             "covered": DASH if r["student_accuracy_on_covered"] is None
+             else _pct(r["student_accuracy_on_covered"]),
+             "teacher": f"{r['teacher_texts_per_1000']:,.0f}",
+             "cpu": DASH if r["cpu_seconds_per_1000"] is None
+             else _duration(r["cpu_seconds_per_1000"]),
+             "dollars": DASH if r["dollars_per_1000"] is None
+             else "$" + money(r["dollars_per_1000"])}
+            for r in curve]
+    return {"rows": rows,
+            "cpu": any(r["cpu_seconds_per_1000"] is not None for r in curve),
+            "dollars": any(r["dollars_per_1000"] is not None for r in curve),
+            "figure": {"title": "accuracy and coverage by threshold",
+                                     "alt": "cascade accuracy and student coverage against the "
+                                            "threshold", "chart": chart}}
+
+
 def render_html(metrics: dict, predictions: pd.DataFrame | None = None,
                 sample: int = SAMPLE) -> str:
     """The report page for `metrics` (evaluate's dict); `predictions` adds the disagreements."""
@@ -280,7 +308,8 @@ def render_html(metrics: dict, predictions: pd.DataFrame | None = None,
         not_ok=nok if nok and nok.get("count") else None,
         confusions=_confusions(m),
         per_class=_per_class(m, settings.get("collapse_ratio", 0.6)),
-        calibration=_calibration(m), speed=_speed(m), manifest=_manifest(m),
+        calibration=_calibration(m), speed=_speed(m), cascade=_cascade(m),
+        manifest=_manifest(m),
         disagreements=_disagreements(predictions, m["labels"], int(settings.get("seed", 0)),
                                      sample),
         version=__version__, dash=DASH,
@@ -553,6 +582,40 @@ annotating; local compute is not priced, and a dash means unknown.</p>
 {% for f in speed.charts %}
 <figure><h3>{{ f.title }}</h3>{{ img(f) }}</figure>
 {% endfor %}
+</div>
+</section>
+{% endif %}
+
+{% if cascade %}
+<section id="cascade">
+<h2>Cascade: the student first, the teacher when unsure</h2>
+<p>If the student answered only the texts whose top probability is at least the threshold and
+the teacher answered the rest (<code>llmdistill serve --cascade-teacher</code>), on these gold
+texts:</p>
+<div class="scroll"><table class="stack">
+<thead><tr><th class="num">threshold</th><th class="num">answered by the student</th>
+<th class="num">accuracy</th><th class="num">student accuracy on its share</th>
+<th class="num">teacher texts per 1,000</th>
+{% if cascade.cpu %}<th class="num">compute per 1,000</th>{% endif %}
+{% if cascade.dollars %}<th class="num">$ per 1,000</th>{% endif %}</tr></thead>
+<tbody>
+{% for r in cascade.rows %}
+<tr><td class="num name" data-h="threshold">{{ r.threshold }}</td>
+<td class="num" data-h="answered by the student">{{ r.coverage }}</td>
+<td class="num" data-h="accuracy">{{ r.accuracy }}</td>
+<td class="num" data-h="student accuracy on its share">{{ r.covered }}</td>
+<td class="num" data-h="teacher texts per 1,000">{{ r.teacher }}</td>
+{% if cascade.cpu %}<td class="num" data-h="compute per 1,000">{{ r.cpu }}</td>{% endif %}
+{% if cascade.dollars %}<td class="num" data-h="$ per 1,000">{{ r.dollars }}</td>{% endif %}
+</tr>
+{% endfor %}
+</tbody></table></div>
+{% if cascade.cpu or cascade.dollars %}
+<p class="note">Compute is the teacher's measured time per text for its share plus the
+student's batch time for every text; dollars appear only for priced API teachers.</p>
+{% endif %}
+<div class="figs">
+<figure><h3>{{ cascade.figure.title }}</h3>{{ img(cascade.figure) }}</figure>
 </div>
 </section>
 {% endif %}

@@ -18,6 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from llmdistill.cascade import cascade_markdown
 from llmdistill.evaluate import NO_ANSWER
 
 DASH = "—"
@@ -204,6 +205,12 @@ def render_markdown(metrics: dict) -> str:
         out += ["Measured on:\n" + "\n".join(f"- {h}" for h in hardware)] if hardware else []
     if line := cost_line(metrics):
         out += ["## Cost", line]
+    if cascade := metrics.get("cascade"):
+        out += ["## Cascade: the student first, the teacher when unsure",
+                "If the student answered only texts whose top probability is at least the "
+                "threshold and the teacher answered the rest (`llmdistill serve "
+                "--cascade-teacher`), on these gold texts:",
+                cascade_markdown(cascade["curve"]).rstrip()]
     if manifest := metrics.get("info", {}).get("manifest"):
         out += ["## Manifest", "```json\n" + json.dumps(_clean(manifest), indent=2) + "\n```"]
     return "\n\n".join(out) + "\n"

@@ -215,3 +215,32 @@ def bar_chart(values: dict[str, float], label: str, unit: str) -> Chart:
         ax.set_xlabel(_text(label + (" (log scale)" if log else "")))
         ax.tick_params(axis="y", length=0)
         return _chart(fig)
+
+
+def cascade_chart(curve: Sequence[dict], teacher_accuracy: float | None,
+                  student_accuracy: float) -> Chart:
+    """Accuracy of the cascade and the share the student answers, against the threshold.
+
+    The teacher-alone and student-alone accuracies are drawn as dashed lines in their colours,
+    so the reader sees where the cascade beats both or buys back the teacher's accuracy.
+    """
+    x = [r["threshold"] for r in curve]
+    with _style():
+        fig = Figure(figsize=(4.6, 3.2), layout="constrained")
+        ax = fig.subplots()
+        ax.plot(x, [100 * r["accuracy"] for r in curve], "o-", color=PALETTE["gold"], ms=3.5,
+                lw=1.5, label="cascade accuracy")
+        ax.plot(x, [100 * r["coverage"] for r in curve], "s-", color=PALETTE["student"], ms=3,
+                lw=1.2, alpha=0.6, label="answered by the student")
+        ax.axhline(100 * student_accuracy, ls="--", lw=1, color=PALETTE["student"],
+                   label="student alone")
+        if teacher_accuracy is not None:
+            ax.axhline(100 * teacher_accuracy, ls="--", lw=1, color=PALETTE["teacher"],
+                       label="teacher alone")
+        ax.set_xlim(min(x) - 0.02, max(x) + 0.02)
+        ax.set_ylim(0, 102)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.set_xlabel("threshold on the student's top probability")
+        ax.set_ylabel("percent of texts")
+        ax.legend(loc="lower left", fontsize=8.5)
+        return _chart(fig)
