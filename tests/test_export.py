@@ -70,7 +70,7 @@ def test_export_writes_fp32_int8_and_a_passing_parity_record(exported_student_di
 def test_auto_backend_runs_int8_and_matches_pytorch_on_mixed_lengths(exported_student_dir):
     auto = StudentClassifier.load(exported_student_dir)
     torch_clf = StudentClassifier.load(exported_student_dir, backend="torch")
-    fp32 = StudentClassifier._load_onnx(exported_student_dir,
+    fp32 = StudentClassifier.load_onnx(exported_student_dir,
                                         exported_student_dir / ONNX_DIR / FP32_FILE, None)
     assert auto.backend == "onnx-int8" and fp32.backend == "onnx-fp32"
     assert torch_clf.backend == "torch"

@@ -138,7 +138,7 @@ def export_student(
         ref_seconds = time.perf_counter() - t0
         variants = []
         for name, precision in files:
-            clf = StudentClassifier._load_onnx(model_dir, tmp / name, None, reference.parameters)
+            clf = StudentClassifier.load_onnx(model_dir, tmp / name, None, reference.parameters)
             t0 = time.perf_counter()
             probs = clf.predict_proba(texts, batch_size=cfg.batch_size)
             seconds = time.perf_counter() - t0

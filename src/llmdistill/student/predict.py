@@ -74,7 +74,7 @@ class StudentClassifier:
         if backend != "torch" and device == "cpu":
             choice, why = usable_export(model_dir)
             if choice is not None:
-                return cls._load_onnx(model_dir, choice, threads)
+                return cls.load_onnx(model_dir, choice, threads)
             if backend == "onnx":
                 raise UsageError(f"{model_dir} has no usable ONNX export ({why}): run "
                                  f"`llmdistill export {model_dir}` or use --backend torch")
@@ -102,8 +102,13 @@ class StudentClassifier:
         return cls(model, tokenizer, _max_length(model_dir, model.config, tokenizer), device)
 
     @classmethod
-    def _load_onnx(cls, model_dir: Path, onnx_path: Path, threads: int | None,
-                   parameters: int | None = None) -> StudentClassifier:
+    def load_onnx(cls, model_dir: Path, onnx_path: Path, threads: int | None = None,
+                  parameters: int | None = None) -> StudentClassifier:
+        """Run one ONNX file of `model_dir` with its tokenizer, whether or not it passed parity.
+
+        For the parity check itself and for benchmarks that compare fp32 with int8; `load`
+        is the way to pick the export that passed.
+        """
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(model_dir))
