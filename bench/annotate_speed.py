@@ -21,6 +21,7 @@ import statistics
 import time
 
 import torch
+from tqdm import tqdm
 
 from llmdistill import assets
 from llmdistill.config import RunConfig
@@ -76,7 +77,7 @@ def main() -> None:
     seed_cfg = cfg.teacher.model_copy(update={"task": cfg.teacher.task + " " +
                                               SEED_STYLE % ", ".join(labels)})
     parsed, t0 = 0, time.perf_counter()
-    for text in texts:
+    for text in tqdm(texts, desc="(b) rationale + JSON", unit="text"):
         msgs = build_messages(seed_cfg, labels, [], text)
         reply, _ = generate(teacher, msgs, args.max_reason_tokens)
         m = re.search(r'"label"\s*:\s*"(\w+)"', reply)
@@ -85,7 +86,7 @@ def main() -> None:
 
     # (c) one label word, full prompt (with the same demos) every time
     t0 = time.perf_counter()
-    for text in texts:
+    for text in tqdm(texts, desc="(c) one label word", unit="text"):
         generate(teacher, build_messages(cfg.teacher, labels, demos, text), 3)
     c_s = time.perf_counter() - t0
 
