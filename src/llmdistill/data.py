@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from llmdistill import assets
 from llmdistill.config import DataConfig
-from llmdistill.errors import DataError
+from llmdistill.errors import DataError, UsageError
 
 SPLITS = ("train", "validation", "test")
 
@@ -63,29 +63,32 @@ class Dataset:
     manifest: dict
 
 
+def read_frame(path: Path, error: type[UsageError] = DataError,
+               what: str = "data file") -> pd.DataFrame:
+    """A CSV/JSONL/Parquet file as read, or a one-line `error` naming `what` and the fix."""
+    if not path.is_file():
+        raise error(f"{what} {path} not found: check the path")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not UTF-8: re-save it as UTF-8") from None
+    except Exception as e:  # pandas/pyarrow raise many types for unreadable files
+        raise error(f"{what} {path} cannot be read as {suffix[1:]} ({type(e).__name__}): "
+                    "check the file") from None
+    raise error(f"{what} {path}: unknown format {suffix!r}: use .csv, .jsonl or .parquet")
+
+
 def read_table(path: str | Path, text_column: str = "text", label_column: str | None = "label",
                labels: list[str] | None = None) -> pd.DataFrame:
     """Read a CSV/JSONL/Parquet file into `id`, `text` and (if present) `label` columns."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file {path} not found: check the path")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
-        elif suffix in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            raise DataError(f"{path}: unknown format {suffix!r}: use .csv, .jsonl or .parquet")
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8: re-save it as UTF-8") from None
-    except DataError:
-        raise
-    except Exception as e:  # pandas/pyarrow raise many types for unreadable files
-        raise DataError(f"{path} cannot be read as {suffix[1:]} ({type(e).__name__}): "
-                        "check the file") from None
+    df = read_frame(path)
     if text_column not in df.columns:
         raise DataError(f"{path} has no text column {text_column!r} (columns: "
                         f"{', '.join(map(str, df.columns))}): pass --text-column")

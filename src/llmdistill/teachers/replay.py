@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 
 import pandas as pd
 
-from llmdistill.data import clean_text, text_hash
+from llmdistill.data import clean_text, read_frame, text_hash
 from llmdistill.errors import TeacherError
 from llmdistill.teachers.base import Annotation, Teacher
 from llmdistill.teachers.prompts import Prompt
@@ -166,27 +166,8 @@ def _missing(v: object) -> bool:
 def _read(spec: ReplaySpec) -> tuple[pd.DataFrame, str]:
     """The file's needed columns as (text, label, probs, rationale) rows, and its SHA-256."""
     path = spec.path
-    if not path.is_file():
-        raise TeacherError(f"replay file {path} not found: check the path in replay:PATH#COLUMN")
+    df = read_frame(path, TeacherError, "replay file")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
-        elif suffix in (".jsonl", ".json"):
-            df = pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:
-            raise TeacherError(f"replay file {path}: unknown format {suffix!r}: use .csv, "
-                               ".jsonl or .parquet")
-    except UnicodeDecodeError:
-        raise TeacherError(f"replay file {path} is not UTF-8: re-save it as UTF-8") from None
-    except TeacherError:
-        raise
-    except Exception as e:  # pandas/pyarrow raise many types for unreadable files
-        raise TeacherError(f"replay file {path} cannot be read ({type(e).__name__}): "
-                           "check the file") from None
     wanted = [spec.text_column, spec.label_column, *spec.prob_columns]
     if spec.rationale_column:
         wanted.append(spec.rationale_column)
