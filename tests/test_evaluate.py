@@ -193,10 +193,10 @@ def test_speed_measures_positive_throughput():
     assert s["hardware"]["cpu"]
 
 
-def test_model_size_sums_weight_files_only(tmp_path):
+def test_model_size_counts_the_folders_weights_not_tokenizer_or_exports(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "model.onnx").write_bytes(b"x" * 500)
     (tmp_path / "tokenizer.json").write_bytes(b"x" * 9999)
-    assert model_size(tmp_path) == {"bytes": 1500, "mb": 0.0015, "files": 2}
+    assert model_size(tmp_path) == {"bytes": 1000, "mb": 0.001, "files": 1}
     assert model_size(tmp_path / "onnx" / "model.onnx")["bytes"] == 500

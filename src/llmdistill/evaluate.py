@@ -235,12 +235,15 @@ def measure_speed(
 
 
 def model_size(path: Path) -> dict:
-    """Bytes on disk of the weight files under `path` (or of `path` itself if it is a file)."""
+    """Bytes on disk of the weight files in folder `path` (or of `path` itself if it is a file).
+
+    Only the folder's top level: a student's `onnx/` exports are other copies of the same model.
+    """
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path} does not exist: cannot measure the model's size")
     files = [path] if path.is_file() else sorted(
-        f for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)
+        f for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)
     )
     size = sum(f.stat().st_size for f in files)
     return {"bytes": size, "mb": size / 1e6, "files": len(files)}

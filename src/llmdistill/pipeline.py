@@ -124,9 +124,10 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
     speed_texts = texts[: cfg.speed_texts]
     info: dict = {"student": {
         "name": _student_name(student_dir), "parameters": student.parameters,
-        "size": model_size(student_dir),
-        "speed": measure_speed(lambda t, b: student.predict_proba(t, batch_size=b), speed_texts,
-                               batch=cfg.speed_batch),
+        "size": model_size(student.onnx_path or student_dir),
+        "speed": {**measure_speed(lambda t, b: student.predict_proba(t, batch_size=b),
+                                  speed_texts, batch=cfg.speed_batch),
+                  "backend": student.backend},
     }}
     teacher_df = None
     if teacher_annotations is not None:

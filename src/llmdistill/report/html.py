@@ -203,7 +203,8 @@ def _speed(metrics: dict) -> dict:
         if hw := sp.get("hardware"):
             hardware.append(f"{who}: {hw.get('cpu', '?')}, {hw.get('cores', '?')} cores, "
                             f"{hw.get('torch_threads', '?')} torch threads "
-                            f"({hw.get('platform', '?')}); {sp.get('n_texts', '?')} texts")
+                            f"({hw.get('platform', '?')}); {sp.get('n_texts', '?')} texts"
+                            f"{f'; backend {b}' if (b := sp.get('backend')) else ''}")
         elif sp.get("seconds_per_text"):
             t = ((metrics.get("info") or {}).get("manifest") or {}).get("teacher") or {}
             how = ", ".join(str(t[k]) for k in ("backend", "model") if t.get(k))

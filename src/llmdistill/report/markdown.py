@@ -137,7 +137,8 @@ def _speed_rows(metrics: dict) -> tuple[list[list[str]], list[str]]:
                      " / ".join(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99")) if lat else DASH])
         if hw := sp.get("hardware"):
             hardware.append(f"{who}: {hw['cpu']}, {hw['cores']} cores, {hw['torch_threads']} "
-                            f"torch threads ({hw.get('platform', '?')}), {sp['n_texts']} texts")
+                            f"torch threads ({hw.get('platform', '?')}), {sp['n_texts']} texts"
+                            f"{f', backend {b}' if (b := sp.get('backend')) else ''}")
     return rows, hardware
 
 
