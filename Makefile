@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.llmdistill-installed
+JOBS   := $(shell nproc 2>/dev/null || echo 2)
+# llama-cpp-python builds only what llmdistill calls: the llama library for this CPU, without the
+# multimodal (mtmd/llava) library. pip keeps the built wheel in its cache, so a second venv
+# installs it in seconds.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF \
+                    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: demo test lint clean-venv
 
@@ -10,7 +16,7 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[all]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/pip install -q -e '.[all]'
 	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 

@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "anchor-weights": ({"class_weights": "anchor"}, "class weights gold/teacher prior"),
     "smooth": ({"label_smoothing": 0.1}, "label smoothing 0.1"),
     "confidence": ({"confidence_weighting": True}, "confidence weighting"),
+    "anchor-gold": ({"class_weights": "balanced", "anchor_targets": "gold"},
+                    "balanced + the anchor's 200 rows trained on their gold label"),
 }
 DEFAULT_VARIANTS = "kd,forward,balanced,smooth"
 # the seed's published rows (total_tests.csv columns) and their sizes

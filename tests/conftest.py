@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 TOY_LABELS = ["negative", "neutral", "positive"]
 TOY_WORDS = {
@@ -59,6 +60,7 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_attention_heads=2, intermediate_size=37, max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id, **TRAINABLE,
     )
+    torch.manual_seed(0)  # the same weights whichever tests ran first
     BertModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -86,6 +88,7 @@ def tiny_roberta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         intermediate_size=37, max_position_embeddings=514, type_vocab_size=1,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=0, eos_token_id=2, **TRAINABLE,
     )
+    torch.manual_seed(0)
     RobertaModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -128,3 +128,17 @@ def test_the_seed_csv_replays_completely() -> None:
                      for a, g in zip(anns, frame["label"], strict=True)])
     assert agree == pytest.approx(0.644, abs=0.001)  # the seed README's figure
     assert teacher.info["statuses"] == {"ok": 4988}  # 4,992 rows, 4 repeated texts
+
+
+def test_replay_has_no_prompt_and_dry_runs_without_special_cases(labelled_csv: Path,
+                                                                 tmp_path: Path) -> None:
+    from llmdistill import pipeline
+
+    cfg = TeacherConfig(spec=f"replay:{labelled_csv}#teacher", n_demos=0)
+    frame = read_table(labelled_csv, label_column=None)
+    est = pipeline.estimate(frame, LABELS, [], cfg, tmp_path)
+    assert est["dollars"] == 0.0 and est["in_file"] == len(frame)
+    table, manifest = pipeline.annotate_texts(frame, LABELS, [], cfg, tmp_path)
+    assert len(table) == len(frame)
+    assert manifest["prompt"]["prefix"] is None and manifest["prompt"]["suffix"] is None
+    assert manifest["teacher"]["backend"] == "replay"

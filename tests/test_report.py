@@ -9,8 +9,9 @@ from rich.console import Console
 from llmdistill.cascade import curve_for_report
 from llmdistill.config import EvaluateConfig
 from llmdistill.evaluate import evaluate_predictions
-from llmdistill.report import markdown as md
 from llmdistill.report import print_summary, render_markdown, summary_rows, write_report
+from llmdistill.report.format import clean, settings
+from llmdistill.report.markdown import cascade_markdown
 
 LABELS = ["negative", "neutral", "positive"]
 SPEED = {"throughput_texts_per_s": 412.5, "batch": 64, "n_texts": 256,
@@ -116,7 +117,7 @@ def test_write_report_is_atomic_and_json_roundtrips(metrics, tmp_path, monkeypat
     def crash(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(md.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         write_report(make_metrics(no_answer=3), tmp_path)
     assert {p: p.read_bytes() for p in paths.values()} == before  # old files intact
@@ -125,7 +126,35 @@ def test_write_report_is_atomic_and_json_roundtrips(metrics, tmp_path, monkeypat
 
 def test_json_output_has_no_nan_or_numpy_types(tmp_path):
     m = {"n": 1, "labels": LABELS, "x": np.float32(0.5), "y": float("nan"), "z": np.arange(2)}
-    assert md._clean(m) == {"n": 1, "labels": LABELS, "x": 0.5, "y": None, "z": [0, 1]}
+    assert clean(m) == {"n": 1, "labels": LABELS, "x": 0.5, "y": None, "z": [0, 1]}
+
+
+def test_settings_come_from_the_metrics_else_from_evaluate_config(metrics):
+    recorded = metrics | {"settings": {**metrics["settings"], "ci": 0.9, "ece_bins": 7}}
+    text = render_markdown(recorded)
+    assert "Intervals are 90% percentile-bootstrap intervals over texts (200 resamples)" in text
+    assert "Expected calibration error over 7 equal-width bins" in text
+    bare = {k: v for k, v in metrics.items() if k != "settings"}
+    assert settings(bare) == EvaluateConfig().model_dump()
+    text = render_markdown(bare)
+    assert f"Intervals are {EvaluateConfig().ci:.0%} percentile-bootstrap" in text
+    assert "(? resamples)" in text  # a count the metrics do not record is not guessed
+    assert f"over {EvaluateConfig().ece_bins} equal-width bins" in text
+
+
+def test_cascade_markdown_table_by_hand():
+    curve = [{"threshold": 0.6, "coverage": 0.5, "accuracy": 0.75,
+              "student_accuracy_on_covered": 1.0, "teacher_texts_per_1000": 500.0,
+              "cpu_seconds_per_1000": 1001.0, "dollars_per_1000": 2.5},
+             {"threshold": 1.0, "coverage": 0.0, "accuracy": 0.5,
+              "student_accuracy_on_covered": None, "teacher_texts_per_1000": 1000.0,
+              "cpu_seconds_per_1000": None, "dollars_per_1000": None}]
+    assert cascade_markdown(curve).splitlines() == [
+        "| threshold | coverage (student) | accuracy | student accuracy on its share | "
+        "teacher texts / 1,000 | CPU-s / 1,000 | $ / 1,000 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| 0.60 | 50.0% | 75.0% | 100.0% | 500 | 1001.0 | 2.5000 |",
+        "| 1.00 | 0.0% | 50.0% | — | 1000 | — | — |"]
 
 
 def test_cascade_section_lists_the_curve_from_all_student_to_all_teacher(metrics):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import html
+import inspect
 import json
 import os
 from html.parser import HTMLParser
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +272,23 @@ def test_write_html_and_rerender(run, page_source, tmp_path, monkeypatch):
         write_html(metrics, preds, tmp_path)
     assert first.read_text() == page_source  # the old page is intact, and no temp file is left
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_page_template_is_package_data_not_inline_code():
+    template = files("llmdistill.report").joinpath(report_html.TEMPLATE)
+    assert template.is_file() and "<!doctype html>" in template.read_text(encoding="utf-8")
+    assert "<!doctype html>" not in inspect.getsource(report_html)
+
+
+def test_report_modules_share_public_helpers_only():
+    for module in files("llmdistill.report").iterdir():
+        if not module.name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llmdistill"):
+                private = [a.name for a in node.names
+                           if a.name.startswith("_") and not a.name.endswith("__")]
+                assert not private, f"{module.name} imports {private} from {node.module}"
 
 
 def test_rerender_needs_metrics(tmp_path):

@@ -1,6 +1,9 @@
-"""`llmdistill serve`: classify, health, abuse answered with 4xx JSON, the teacher cascade.
+"""`llmdistill serve`: classify, health, abuse answered with 4xx JSON, the teacher cascade,
+the API key and the refusal to listen publicly without one.
 
-Servers run in a thread on 127.0.0.1 with a port the OS picks, and are stopped by the fixture.
+Servers run in a thread (or a `llmdistill serve` process) on 127.0.0.1 with a port the OS picks,
+and are stopped by the fixture. Nothing ever binds another address: the host checks run before
+binding, with `uvicorn.run` replaced where a test gets that far.
 """
 
 from __future__ import annotations
@@ -22,15 +25,21 @@ import pandas as pd
 import pytest
 import uvicorn
 
-from llmdistill.cascade import cascade_curve, cascade_markdown, curve_for_report
+from llmdistill import serve as serve_mod
+from llmdistill.cascade import cascade_curve, curve_for_report
 from llmdistill.config import ServeConfig
+from llmdistill.data import clean_text
 from llmdistill.errors import DataError, UsageError
-from llmdistill.serve import create_app
+from llmdistill.report.markdown import cascade_markdown
+from llmdistill.serve import check_exposure, create_app, is_loopback
 from llmdistill.student.predict import StudentClassifier
 from llmdistill.teachers.base import Annotation, Teacher
 
 LABELS = ["negative", "neutral", "positive"]
 LIMITS = {"max_texts": 5, "max_chars": 50, "max_body_bytes": 2048}
+KEY = "llmdistill-test-key-5f0c2a9e7b1d"  # a fixed string, easy to find in any output
+KEY_ENV = "LLMDISTILL_TEST_SERVE_KEY"
+BEARER = {"Authorization": f"Bearer {KEY}"}
 
 
 @contextmanager
@@ -240,31 +249,41 @@ def test_curve_for_report_reads_the_run_artefacts() -> None:
     assert out["curve"][1]["cpu_seconds_per_1000"] == pytest.approx(1000 * (0.5 * 0.5 + 0.001))
 
 
-def test_serve_cli_starts_on_loopback_and_answers(exported_student_dir, tmp_path) -> None:
+@contextmanager
+def cli_server(student_dir: Path, env: dict[str, str], *args: str) -> Iterator[dict]:
+    """`llmdistill serve` in a process on 127.0.0.1; yields {"url", "health"}, then, once the
+    process is stopped, also its "stdout" and "stderr"."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    env = {**os.environ, "LLMDISTILL_CACHE": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "llmdistill.cli", "serve",
-                             str(exported_student_dir), "--port", str(port), "--threads", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "llmdistill.cli", "serve", str(student_dir),
+                             "--port", str(port), "--threads", "1", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out: dict = {"url": f"http://127.0.0.1:{port}"}
     try:
         deadline = time.monotonic() + 90
         while True:
             assert proc.poll() is None, proc.stderr.read().decode()
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+                out["health"] = httpx.get(f"{out['url']}/healthz", timeout=2).json()
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "serve did not come up"
                 time.sleep(0.2)
-        assert health["backend"] == "onnx-int8"
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"texts": ["great"]})
-        assert r.status_code == 200 and r.json()["results"][0]["answered_by"] == "student"
+        yield out
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        stdout, stderr = proc.communicate(timeout=30)
+        out["stdout"], out["stderr"] = stdout.decode(), stderr.decode()
+
+
+def test_serve_cli_starts_on_loopback_and_answers(exported_student_dir, tmp_path) -> None:
+    env = {**os.environ, "LLMDISTILL_CACHE": str(tmp_path)}
+    with cli_server(exported_student_dir, env) as server:
+        assert server["health"]["backend"] == "onnx-int8"
+        r = httpx.post(f"{server['url']}/v1/classify", json={"texts": ["great"]})
+        assert r.status_code == 200 and r.json()["results"][0]["answered_by"] == "student"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -278,3 +297,268 @@ def test_serve_cli_refuses_bad_options(exported_student_dir, args, message) -> N
 
     r = CliRunner().invoke(app, ["serve", str(exported_student_dir), *args])
     assert isinstance(r.exception, UsageError) and message in str(r.exception)
+
+
+# --- the API key -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed_url(student) -> Iterator[str]:
+    app = create_app(student, ServeConfig(**LIMITS), model_name="tiny", api_key=KEY)
+    with running(app) as base:
+        yield base
+
+
+PRIVATE = [("POST", "/v1/classify"), ("GET", "/openapi.json"), ("GET", "/docs"),
+           ("GET", "/redoc"), ("GET", "/nowhere"), ("POST", "/healthz")]
+BAD_AUTH = [
+    ("no header", {}, "missing_api_key"),
+    ("basic scheme", {"Authorization": "Basic dXNlcjpwYXNz"}, "missing_api_key"),
+    ("bare scheme", {"Authorization": "Bearer"}, "missing_api_key"),
+    ("wrong key", {"Authorization": "Bearer not-the-key"}, "invalid_api_key"),
+    ("key prefix", {"Authorization": f"Bearer {KEY[:-1]}"}, "invalid_api_key"),
+    ("key plus one", {"Authorization": f"Bearer {KEY}0"}, "invalid_api_key"),
+    ("key without scheme", {"Authorization": KEY}, "missing_api_key"),
+]
+
+
+@pytest.mark.parametrize("method, path", PRIVATE, ids=[f"{m} {p}" for m, p in PRIVATE])
+@pytest.mark.parametrize("headers, code", [b[1:] for b in BAD_AUTH], ids=[b[0] for b in BAD_AUTH])
+def test_without_the_right_key_every_request_but_healthz_is_401(keyed_url, method, path,
+                                                               headers, code) -> None:
+    r = httpx.request(method, f"{keyed_url}{path}", headers=headers, json={"texts": ["great"]})
+    assert r.status_code == 401, r.text
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    body = r.json()
+    assert set(body) == {"error", "message"} and body["error"] == code
+    assert KEY not in r.text
+
+
+def test_an_unauthenticated_oversize_body_is_401_before_it_is_read(keyed_url) -> None:
+    r = httpx.post(f"{keyed_url}/v1/classify", json={"texts": ["y" * 3000]})
+    assert r.status_code == 401 and r.json()["error"] == "missing_api_key"
+    r = httpx.post(f"{keyed_url}/v1/classify", json={"texts": ["y" * 3000]}, headers=BEARER)
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_right_key_classifies(keyed_url, scheme) -> None:
+    texts = ["I love it, wonderful", "awful and broken", "the tuesday meeting report"]
+    r = httpx.post(f"{keyed_url}/v1/classify", json={"texts": texts},
+                   headers={"Authorization": f"{scheme} {KEY}"})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == len(texts)
+    for x in results:
+        assert x["answered_by"] == "student" and x["label"] in LABELS
+        assert set(x["probs"]) == set(LABELS)
+        assert sum(x["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert x["label"] == max(x["probs"], key=x["probs"].get)
+
+
+def test_docs_and_openapi_need_the_key_and_declare_it(keyed_url) -> None:
+    assert httpx.get(f"{keyed_url}/docs", headers=BEARER).status_code == 200
+    r = httpx.get(f"{keyed_url}/openapi.json", headers=BEARER)
+    assert r.status_code == 200 and KEY not in r.text
+    spec = r.json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/classify"]["post"]["security"] == [{"bearer": []}]
+    assert "401" in spec["paths"]["/v1/classify"]["post"]["responses"]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_healthz_is_open_and_says_only_that_it_is_up_without_the_key(keyed_url) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+        r = httpx.get(f"{keyed_url}/healthz", headers=headers)
+        assert r.status_code == 200 and set(r.json()) == {"status", "version"}
+        assert r.json()["status"] == "ok"
+    full = httpx.get(f"{keyed_url}/healthz", headers=BEARER).json()
+    assert full["status"] == "ok" and full["labels"] == LABELS and full["model"] == "tiny"
+
+
+class FailingStudent:
+    """A student whose inference always fails: the server answers 500 and logs a traceback."""
+
+    labels = LABELS
+    backend = "stub"
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        raise RuntimeError("inference broke")
+
+
+def test_the_key_never_appears_in_logs_output_or_answers(student, caplog, capfd) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    answers = []
+    for model in (student, FailingStudent()):
+        app = create_app(model, ServeConfig(**LIMITS), api_key=KEY)
+        assert KEY not in repr(app.user_middleware)
+        with running(app) as base:
+            for headers in ({}, BEARER, {"Authorization": f"Bearer {KEY}0"}):
+                answers.append(httpx.post(f"{base}/v1/classify", headers=headers,
+                                          json={"texts": ["great", "awful"]}))
+                answers.append(httpx.get(f"{base}/healthz", headers=headers))
+                answers.append(httpx.get(f"{base}/openapi.json", headers=headers))
+    assert {r.status_code for r in answers} >= {200, 401, 500}
+    assert "inference broke" in caplog.text  # the failure was logged, the key was not
+    out, err = capfd.readouterr()
+    for text in [caplog.text, out, err, *(r.text for r in answers)]:
+        assert KEY not in text
+
+
+def test_serve_cli_with_a_key_lets_in_only_callers_that_send_it(exported_student_dir,
+                                                                tmp_path) -> None:
+    env = {**os.environ, "LLMDISTILL_CACHE": str(tmp_path), KEY_ENV: KEY}
+    with cli_server(exported_student_dir, env, "--api-key-env", KEY_ENV) as server:
+        url = server["url"]
+        assert server["health"] == {"status": "ok", "version": server["health"]["version"]}
+        assert httpx.post(f"{url}/v1/classify", json={"texts": ["great"]}).status_code == 401
+        r = httpx.post(f"{url}/v1/classify", json={"texts": ["great"]}, headers=BEARER)
+        assert r.status_code == 200, r.text
+        assert sum(r.json()["results"][0]["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert httpx.get(f"{url}/openapi.json").status_code == 401
+    assert KEY_ENV in server["stderr"]  # the banner names the variable, never its value
+    assert KEY not in server["stdout"] and KEY not in server["stderr"]
+    for folder in (tmp_path, exported_student_dir):
+        for f in folder.rglob("*"):
+            assert not f.is_file() or KEY.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "192.168.1.20", "10.0.0.1",
+                                  "example.com", ""])
+def test_a_public_host_without_a_key_is_refused_unless_insecure(host) -> None:
+    assert not is_loopback(host)
+    with pytest.raises(UsageError, match="--api-key-env") as e:
+        check_exposure(host, has_api_key=False, insecure=False)
+    assert "--insecure" in str(e.value) and "\n" not in str(e.value)
+    check_exposure(host, has_api_key=False, insecure=True)
+    check_exposure(host, has_api_key=True, insecure=False)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "localhost", "LocalHost",
+                                  "127.0.0.2"])
+def test_loopback_hosts_need_no_key(host) -> None:
+    assert is_loopback(host)
+    check_exposure(host, has_api_key=False, insecure=False)
+
+
+@pytest.fixture
+def uvicorn_runs(monkeypatch) -> list[dict]:
+    """`uvicorn.run` replaced by a recorder: the host checks run, nothing binds."""
+    calls: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    return calls
+
+
+def test_serve_refuses_a_public_host_before_binding(student, uvicorn_runs) -> None:
+    with pytest.raises(UsageError, match="--insecure"):
+        serve_mod.serve(create_app(student), "0.0.0.0", 8000)
+    assert uvicorn_runs == []
+    serve_mod.serve(create_app(student), "0.0.0.0", 8000, insecure=True)
+    serve_mod.serve(create_app(student, api_key=KEY), "0.0.0.0", 8000)
+    assert [c["host"] for c in uvicorn_runs] == ["0.0.0.0", "0.0.0.0"]
+    with pytest.raises(UsageError, match="trace"):
+        serve_mod.serve(create_app(student, api_key=KEY), "127.0.0.1", 8000, log_level="trace")
+
+
+def test_serve_cli_refuses_a_public_host_without_a_key_before_loading(
+        exported_student_dir, uvicorn_runs, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from llmdistill.cli import app
+
+    def never(*args, **kwargs):
+        raise AssertionError("the student was loaded before the host was checked")
+
+    monkeypatch.setattr(serve_mod, "app_from_folder", never)
+    r = CliRunner().invoke(app, ["serve", str(exported_student_dir), "--host", "0.0.0.0"])
+    assert isinstance(r.exception, UsageError), r.output
+    assert "--api-key-env" in str(r.exception) and "--insecure" in str(r.exception)
+    assert uvicorn_runs == []
+
+
+@pytest.mark.parametrize("args, keyed", [(["--insecure"], False),
+                                         (["--api-key-env", KEY_ENV], True)],
+                         ids=["insecure", "api key"])
+def test_serve_cli_listens_publicly_with_insecure_or_a_key(exported_student_dir, uvicorn_runs,
+                                                           monkeypatch, args, keyed) -> None:
+    from typer.testing import CliRunner
+
+    from llmdistill.cli import app
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    r = CliRunner().invoke(app, ["serve", str(exported_student_dir), "--host", "0.0.0.0",
+                                 "--threads", "1", *args])
+    assert r.exception is None, r.output
+    assert [c["host"] for c in uvicorn_runs] == ["0.0.0.0"]
+    assert uvicorn_runs[0]["app"].state.requires_api_key is keyed
+    assert KEY not in r.output
+
+
+@pytest.mark.parametrize("value", [None, "", "   "], ids=["unset", "empty", "blank"])
+def test_a_missing_key_variable_exits_2_with_one_line(exported_student_dir, monkeypatch, capsys,
+                                                      uvicorn_runs, value) -> None:
+    from llmdistill.cli import main
+
+    if value is None:
+        monkeypatch.delenv(KEY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEY_ENV, value)
+    monkeypatch.setattr(sys, "argv", ["llmdistill", "serve", str(exported_student_dir),
+                                      "--api-key-env", KEY_ENV])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and KEY_ENV in lines[0] and f"export {KEY_ENV}=" in lines[0]
+    assert uvicorn_runs == []
+
+
+def test_a_key_given_where_its_variable_name_belongs_is_not_echoed(exported_student_dir,
+                                                                    monkeypatch, capsys) -> None:
+    from llmdistill.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["llmdistill", "serve", str(exported_student_dir),
+                                      "--api-key-env", KEY])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "NAME" in err and KEY not in err
+
+
+# --- the same text cleaning as training ------------------------------------------------------
+
+
+class UnsureStudent:
+    """Uniform probabilities for every text (so the cascade sends all of them up)."""
+
+    labels = LABELS
+    backend = "stub"
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return np.full((len(texts), len(LABELS)), 1 / len(LABELS))
+
+
+MESSY = ["so   good\n today ", "I love it äó_", "cafÃ© time"]  # spaces, tweets' mojibake, ftfy's
+
+
+def test_the_cascade_teacher_sees_cleaned_texts() -> None:
+    assert all(clean_text(t) != t for t in MESSY)
+    teacher = StubTeacher()
+    with running(create_app(UnsureStudent(), ServeConfig(), teacher, "stub")) as base:
+        r = httpx.post(f"{base}/v1/classify", json={"texts": MESSY})
+    assert r.status_code == 200, r.text
+    assert [x["answered_by"] for x in r.json()["results"]] == ["teacher"] * len(MESSY)
+    assert teacher.calls == [[clean_text(t) for t in MESSY]]
+
+
+def test_the_student_answers_a_messy_text_as_its_cleaned_form(url) -> None:
+    messy = MESSY[:2]  # one request, one batch: identical rows give identical probabilities
+    r = httpx.post(f"{url}/v1/classify", json={"texts": [*messy, *map(clean_text, messy)]})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    for raw, cleaned in zip(results[:2], results[2:], strict=True):
+        assert raw["label"] == cleaned["label"]
+        assert raw["probs"] == pytest.approx(cleaned["probs"], abs=1e-5)

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from llmdistill.config import StudentConfig
 from llmdistill.errors import DataError, UsageError
 from llmdistill.student.losses import distillation_loss
-from llmdistill.student.model_card import RESULT_FIELDS, update_metrics
+from llmdistill.student.model_card import update_metrics
 from llmdistill.student.predict import StudentClassifier
+from llmdistill.student.record import RESULT_FIELDS
 from llmdistill.student.train import TrainResult, train_student
 
 LABELS = ["negative", "neutral", "positive"]
@@ -137,9 +138,16 @@ def test_model_folder_loads_with_transformers_pipeline(trained) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
     assert config["label2id"] == {"negative": 0, "neutral": 1, "positive": 2}
-    clf = pipeline("text-classification", model=str(out))
-    preds = clf(["so great and happy today", "awful terrible day"], truncation=True)
-    assert [p["label"] for p in preds] == ["positive", "negative"]
+    texts = ["so great and happy today", "awful terrible day", "the meeting is on tuesday"]
+    clf = pipeline("text-classification", model=str(out), top_k=None)
+    preds = clf(texts, truncation=True)
+    # The plain HF pipeline (no llmdistill) gives the same probabilities as llmdistill's loader:
+    # a property of the folder, whichever labels this tiny model happens to predict.
+    ours = StudentClassifier.load(out, backend="torch").predict_proba(texts)
+    for row, p in zip(preds, ours, strict=True):
+        theirs = {d["label"]: d["score"] for d in row}
+        assert set(theirs) == set(LABELS)
+        assert [theirs[lab] for lab in LABELS] == pytest.approx(list(p), abs=1e-5)
 
 
 def test_model_folder_carries_a_model_card_and_the_run_record(trained) -> None:

@@ -1,12 +1,29 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tiny_lm import make_tiny_lm
 
+from llmdistill import pipeline
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import TeacherError
-from llmdistill.teachers import load_teacher, parse_spec
-from llmdistill.teachers.hf import HFTeacher
+from llmdistill.teachers import (
+    BACKENDS,
+    EMBEDDED,
+    Annotation,
+    Teacher,
+    TeacherRequest,
+    load_teacher,
+    parse_spec,
+    register,
+)
+from llmdistill.teachers.base import file_fingerprint
+from llmdistill.teachers.hf import HFTeacher, hf_teacher_id
 from llmdistill.teachers.prompts import label_variants, pick_demos, render_prompt
 
 LABELS = ["negative", "neutral", "positive"]
@@ -104,3 +121,158 @@ def test_unknown_teacher_spec_is_a_usage_error():
         parse_spec("gpt5")
     with pytest.raises(TeacherError, match="not found"):
         load_teacher("llamacpp:/nonexistent.gguf", LABELS, [], TeacherConfig(), None)
+
+
+# ---- the registry ----------------------------------------------------------------------------
+
+
+class EchoTeacher(Teacher):
+    """A backend defined in a test: uniform probabilities, records the request it was built from."""
+
+    last: "EchoTeacher | None" = None
+
+    def __init__(self, request: TeacherRequest) -> None:
+        EchoTeacher.last = self
+        self.request = request
+        self.id = f"echo:{request.target}"
+        self.labels = request.labels
+        self.prompt_hash = "echo"
+        self.info = {"backend": "echo"}
+
+    def label_probs(self, texts: list[str]) -> list[Annotation]:
+        n = len(self.labels)
+        return [Annotation([1 / n] * n, "ok", 0.0) for _ in texts]
+
+
+@pytest.fixture
+def restore_registry():
+    saved = dict(BACKENDS)
+    yield
+    BACKENDS.clear()
+    BACKENDS.update(saved)
+
+
+def test_a_backend_registered_in_one_line_is_parsed_and_loaded(restore_registry):
+    register("echo", EchoTeacher, help="echo:NAME")
+    assert parse_spec("echo:abc") == ("echo", "abc")
+    teacher = load_teacher("echo:abc", LABELS, DEMOS, TeacherConfig(), None)
+    assert isinstance(teacher, EchoTeacher) and teacher.id == "echo:abc"
+    assert teacher.request.demos == DEMOS and teacher.request.dry_run is False
+    assert teacher.prompt is None  # the protocol's default
+    with pytest.raises(TeacherError, match="unknown teacher"):
+        parse_spec("echo:")  # a prefix without a target
+
+
+def test_unknown_teacher_message_lists_every_registered_backend(restore_registry):
+    register("echo", EchoTeacher, help="echo:NAME")
+    with pytest.raises(TeacherError, match="unknown teacher 'gpt5'") as err:
+        parse_spec("gpt5")
+    message = str(err.value)
+    for form in [*EMBEDDED, *(b.help for b in BACKENDS.values())]:
+        assert form in message
+    assert {"llamacpp", "hf", "openai", "replay", "echo"} <= set(BACKENDS)
+
+
+def test_a_registered_backend_check_runs_at_parse_time(restore_registry):
+    def check(target: str) -> None:
+        if not target.isdigit():
+            raise TeacherError(f"echo target {target!r} must be a number")
+
+    register("echo", EchoTeacher, help="echo:N", check=check)
+    assert parse_spec("echo:7") == ("echo", "7")
+    with pytest.raises(TeacherError, match="must be a number"):
+        parse_spec("echo:x")
+
+
+def test_a_broken_registration_names_the_fix(restore_registry):
+    register("ghost", "llmdistill.teachers.no_such_module:from_spec", help="ghost:X")
+    with pytest.raises(TeacherError, match="no module.*register"):
+        load_teacher("ghost:x", LABELS, [], TeacherConfig(), None)
+    with pytest.raises(TeacherError, match="lowercase"):
+        register("Bad:Name", EchoTeacher, help="x")
+
+
+def test_importing_teachers_imports_no_backend_library():
+    code = ("import sys, llmdistill.teachers as t; t.parse_spec('hf:a/b'); "
+            "t.parse_spec('openai:m@http://127.0.0.1:1/v1'); "
+            "print(sorted(m for m in ('llama_cpp', 'torch', 'transformers', 'openai') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+
+
+def test_embedded_names_fall_back_to_transformers_without_llama_cpp(monkeypatch, tmp_path):
+    import importlib.util
+
+    from llmdistill import assets
+    from llmdistill.teachers import hf, llamacpp
+
+    gguf = tmp_path / "Packaged.Q4.gguf"
+    gguf.write_bytes(b"GGUF")
+    built = []
+    monkeypatch.setattr(assets, "teacher_gguf", lambda name, cache_dir: gguf)
+    monkeypatch.setattr(hf, "HFTeacher", lambda *a, **kw: built.append(("hf", a, kw)))
+    monkeypatch.setattr(llamacpp, "LlamaCppTeacher", lambda *a, **kw: built.append(("ll", a)))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    load_teacher(EMBEDDED[-1], LABELS, [], TeacherConfig(), tmp_path)
+    kind, args, kw = built.pop()
+    assert kind == "hf" and args[0] == str(gguf)
+    assert kw["teacher_id"] == "hf:Packaged.Q4.gguf"  # the id earlier versions used: caches stay
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "llama_cpp" else real(name, *a))
+    load_teacher(EMBEDDED[-1], LABELS, [], TeacherConfig(), tmp_path)
+    assert built.pop() == ("ll", (gguf, EMBEDDED[-1], LABELS, [], TeacherConfig()))
+
+
+# ---- cache identity ----------------------------------------------------------------------------
+
+
+def test_hf_ids_name_the_whole_model_not_its_basename(tmp_path):
+    assert hf_teacher_id("org-a/model") == "hf:org-a/model"
+    assert hf_teacher_id("org-a/model") != hf_teacher_id("org-b/model")
+    a = make_tiny_lm(tmp_path / "a" / "model", seed=0)
+    b = make_tiny_lm(tmp_path / "b" / "model", seed=1)
+    ida, idb = hf_teacher_id(str(a)), hf_teacher_id(str(b))
+    assert ida != idb and ida.startswith("hf:model@") and idb.startswith("hf:model@")
+    moved = shutil.copytree(a, tmp_path / "moved" / "model")
+    assert hf_teacher_id(str(moved)) == ida  # same files elsewhere: same cache entries
+
+
+def test_a_loaded_hf_teacher_uses_that_id(tiny_lm):
+    teacher = HFTeacher(str(tiny_lm), LABELS, [], TeacherConfig())
+    assert teacher.id == hf_teacher_id(str(tiny_lm)) != f"hf:{Path(tiny_lm).name}"
+
+
+def test_model_files_of_the_same_name_get_different_fingerprints(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fa, fb = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    fa.write_bytes(b"GGUF" + bytes(3 << 20))
+    fb.write_bytes(b"GGUF" + bytes(3 << 20) + b"x")
+    assert file_fingerprint(fa) != file_fingerprint(fb)
+    assert hf_teacher_id(str(fa)) != hf_teacher_id(str(fb))
+
+
+# ---- dry runs ------------------------------------------------------------------------------------
+
+
+def frame(*texts: str) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": list(texts)})
+
+
+def test_estimate_of_a_local_teacher_costs_no_dollars(restore_registry):
+    register("echo", EchoTeacher, help="echo:NAME")
+    cfg = TeacherConfig(spec="echo:local")
+    est = pipeline.estimate(frame("a", "b", "c"), LABELS, [], cfg, None)
+    assert est["texts"] == 3 and est["dollars"] == 0.0 and "echo:local" in est["note"]
+    assert EchoTeacher.last.request.dry_run is True
+
+
+def test_estimate_of_an_api_teacher_sends_nothing():
+    pytest.importorskip("openai")
+    cfg = TeacherConfig(spec="openai:gpt-4o-mini@http://127.0.0.1:9/v1", n_demos=0)
+    est = pipeline.estimate(frame("good flight", "bad bag"), LABELS, [], cfg, None)  # no server
+    assert est["texts"] == 2 and est["input_tokens"] > 0 and est["dollars"] > 0

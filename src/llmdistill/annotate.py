@@ -7,7 +7,6 @@ instant loses at most the text in flight, and a rerun labels only what is missin
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -27,8 +26,10 @@ from rich.progress import (
 )
 
 from llmdistill import __version__
+from llmdistill.config import DataConfig, TeacherConfig
 from llmdistill.data import text_hash
 from llmdistill.errors import UsageError
+from llmdistill.files import atomic_path, refuse_existing
 from llmdistill.teachers import Annotation, Teacher
 
 MANIFEST_KEY = b"llmdistill.manifest"
@@ -158,20 +159,15 @@ def write_annotations(df: pd.DataFrame, path: Path, manifest: dict,
                       overwrite: bool = False) -> Path:
     """Atomically write the store with its manifest in the Parquet metadata."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise UsageError(f"{path} already exists: pass a new --out or delete it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite:
+        refuse_existing(path)
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     manifest = {"llmdistill_version": __version__, "written": time.time(), **manifest,
                 "status_counts": status_counts(df)}
     meta[MANIFEST_KEY] = json.dumps(manifest, default=str).encode()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata(meta), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -188,3 +184,27 @@ def read_annotations(path: Path) -> tuple[pd.DataFrame, dict]:
     if raw is None:
         raise UsageError(f"{path} has no llmdistill manifest: write it with `llmdistill annotate`")
     return table.to_pandas(), json.loads(raw)
+
+
+def demos_for(source: str | pd.DataFrame | None, labels: list[str], cfg: TeacherConfig,
+              data_cfg: DataConfig | None = None) -> list[dict]:
+    """The few-shot demos every command uses: `cfg.n_demos` label-balanced, seeded rows.
+
+    `source` is labelled training data: a frame, or a DATA spec (file or embedded split) read
+    with `data_cfg`; None gives no demos (zero-shot).
+    """
+    from llmdistill.data import resolve
+    from llmdistill.teachers.prompts import pick_demos
+
+    if source is None:
+        return []
+    if isinstance(source, str):
+        source, _ = resolve(source, data_cfg)
+        if "label" not in source.columns:
+            raise UsageError("the demo data has no label column: give labelled data for demos")
+    return pick_demos(source, labels, cfg.n_demos, cfg.demo_seed)
+
+
+def without_demos(frame: pd.DataFrame, demos: list[dict]) -> pd.DataFrame:
+    """`frame` minus the rows shown to the teacher as demos (they would be answered from memory)."""
+    return frame[~frame["id"].isin({d["id"] for d in demos})]

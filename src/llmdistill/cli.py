@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from llmdistill.config import RunConfig, load_config, quick
+from llmdistill.config import RunConfig, StudentConfig, full, load_config, quick
 from llmdistill.errors import UsageError
+from llmdistill.files import refuse_existing
+from llmdistill.teachers import spec_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill a large language model into a small, fast text classifier.")
@@ -42,11 +44,15 @@ def _config(path: Path | None, text_column: str | None = None,
 def run(config: ConfigOpt = None,
         quick_run: Annotated[bool, typer.Option("--quick", help="smollm2-135m, few hundred "
                                                 "tweets: a look in minutes.")] = False,
+        full_run: Annotated[bool, typer.Option("--full", help="1,200/200/600 tweets instead of "
+                                               "the demo's 500/100/300 (≈ 45 min).")] = False,
         out: Annotated[Path | None, typer.Option(help="Run folder.")] = None) -> None:
     """The whole pipeline: annotate, train, evaluate, report. No arguments: the embedded demo."""
     from llmdistill import pipeline
 
-    cfg = load_config(config, base=quick() if quick_run else None)
+    if quick_run and full_run:
+        raise UsageError("--quick and --full contradict each other: pass one of them")
+    cfg = load_config(config, base=quick() if quick_run else full() if full_run else None)
     if out:
         cfg.out = out
     pipeline.run(cfg)
@@ -57,8 +63,7 @@ def annotate_cmd(
     data: Annotated[str, typer.Option(help="CSV/JSONL/Parquet file or embedded split "
                                            "(tweets:train).")],
     out: Annotated[Path, typer.Option(help="Annotation Parquet file to write.")],
-    teacher: Annotated[str | None, typer.Option(
-        help="qwen2.5-1.5b, smollm2-135m, llamacpp:PATH.gguf or hf:ID_OR_PATH.")] = None,
+    teacher: Annotated[str | None, typer.Option(help=f"{spec_help()}.")] = None,
     demos: Annotated[str | None, typer.Option(help="Labelled data to draw few-shot demos from "
                                                    "(default: the embedded train split).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,
@@ -72,30 +77,27 @@ def annotate_cmd(
     """Label texts with a teacher LLM: per-class probabilities, cached and resumable."""
     from llmdistill import data as data_mod
     from llmdistill import pipeline
-    from llmdistill.annotate import write_annotations
-    from llmdistill.teachers.prompts import pick_demos
+    from llmdistill.annotate import demos_for, without_demos, write_annotations
 
     cfg = _config(config, text_column, label_column)
     if teacher:
         cfg.teacher.spec = teacher
     if max_cost is not None:
         cfg.teacher.api.max_cost = max_cost
-    if out.exists() and not dry_run:
-        raise UsageError(f"{out} already exists: pass a new --out or delete it")
+    if not dry_run:
+        refuse_existing(out)
     frame, labels = data_mod.resolve(data, cfg.data)
     embedded = ":" in data and not Path(data).exists()
     demo_source = demos or (f"{data.split(':')[0]}:train" if embedded else None)
-    demo_rows = []
-    if demo_source:
-        demo_frame, demo_labels = data_mod.resolve(demo_source, cfg.data)
-        labels = labels or demo_labels
-        demo_rows = pick_demos(demo_frame, labels, cfg.teacher.n_demos, cfg.teacher.demo_seed)
+    if demo_source and not labels:
+        labels = data_mod.resolve(demo_source, cfg.data)[1]
     labels = labels or cfg.data.labels or []
     if len(labels) < 2:
         raise UsageError("no label set: give data with a label column, --demos, or set "
                          "data.labels in the config")
-    frame = frame[~frame["id"].isin({d["id"] for d in demo_rows})] if demo_source == data \
-        else frame
+    demo_rows = demos_for(demo_source, labels, cfg.teacher, cfg.data)
+    if demo_source == data:
+        frame = without_demos(frame, demo_rows)
     if limit:
         frame = frame.head(limit)
     if dry_run:
@@ -122,8 +124,7 @@ def train_cmd(
     cfg = _config(config)
     if student:
         cfg.student.model = student
-    if out.exists():
-        raise UsageError(f"{out} already exists: pass a new --out or delete it")
+    refuse_existing(out)
     table, manifest = read_annotations(annotations)
     result = pipeline.train(table, manifest["labels"], cfg.student, out,
                             {"teacher": manifest.get("teacher"),
@@ -159,7 +160,8 @@ def evaluate_cmd(
     if teacher_annotations:
         table, manifest = read_annotations(teacher_annotations)
         labels = manifest["labels"]
-    metrics = pipeline.evaluate(student, gold, labels, cfg.evaluate, table, manifest, out)
+    metrics = pipeline.evaluate(student, gold, labels, cfg.evaluate, table, manifest, out,
+                                curve_thresholds=cfg.serve.curve_thresholds)
     print_summary(metrics, Console())
 
 
@@ -182,7 +184,9 @@ def predict(
         help="Write .jsonl, .csv or .parquet instead of JSON lines on stdout.")] = None,
     backend: Annotated[str, typer.Option(
         help="auto (the ONNX export if it passed parity, else PyTorch), onnx or torch.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 64,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Texts per batch (default: "
+                                                          "student.inference_batch_size).")
+                          ] = None,
     text_column: TextCol = None,
 ) -> None:
     """Classify texts: label and probabilities per text, batched by length."""
@@ -205,7 +209,8 @@ def predict(
     else:
         raise UsageError("no texts: pass TEXT arguments or --input FILE (- for stdin)")
     clf = StudentClassifier.load(student, backend=backend)  # type: ignore[arg-type]
-    probs = clf.predict_proba(rows, batch_size=batch_size, progress=bool(input))
+    batch = batch_size or StudentConfig().inference_batch_size
+    probs = clf.predict_proba(rows, batch_size=batch, progress=bool(input))
     records = prediction_records(ids, rows, probs, clf.labels)
     if out:
         write_predictions(records, clf.labels, out)
@@ -275,27 +280,41 @@ def serve_cmd(
         help="The student answers when its top probability is at least this.")] = None,
     demos: Annotated[str | None, typer.Option(help="Labelled data for the cascade teacher's "
                                                    "few-shot demos.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        "--api-key-env", metavar="NAME",
+        help="Environment variable holding the API key: every request but GET /healthz must "
+             "send 'Authorization: Bearer KEY'.")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Allow a non-loopback --host without an API key (only behind a "
+                           "proxy that authenticates).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """HTTP service: POST /v1/classify, GET /healthz, OpenAPI docs at /docs."""
+    """HTTP service: POST /v1/classify, GET /healthz, OpenAPI docs at /docs.
+
+    Listens on 127.0.0.1 by default; another host needs --api-key-env (or --insecure).
+    """
     from pydantic import ValidationError
 
-    from llmdistill.serve import app_from_folder, serve
+    from llmdistill.serve import app_from_folder, check_exposure, read_api_key, serve
 
     cfg = _config(config)
     flags = {"host": host, "port": port, "backend": backend, "threads": threads,
              "max_texts": max_texts, "max_chars": max_chars, "cascade_teacher": cascade_teacher,
-             "cascade_threshold": cascade_threshold}
+             "cascade_threshold": cascade_threshold, "api_key_env": api_key_env,
+             "insecure": insecure or None}
     try:
         scfg = cfg.serve.model_validate(cfg.serve.model_dump() | {k: v for k, v in flags.items()
                                                                   if v is not None})
     except ValidationError as e:
         first = e.errors()[0]
         raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    check_exposure(scfg.host, read_api_key(scfg) is not None, scfg.insecure)  # before loading
     app_ = app_from_folder(student, scfg, cfg, demos)
-    err.print(f"serving {student} on http://{scfg.host}:{scfg.port} (docs at /docs)",
+    where = f"[{scfg.host}]" if ":" in scfg.host else scfg.host
+    auth = f"; API key from ${scfg.api_key_env} required" if scfg.api_key_env else ""
+    err.print(f"serving {student} on http://{where}:{scfg.port} (docs at /docs{auth})",
               highlight=False)
-    serve(app_, scfg.host, scfg.port)
+    serve(app_, scfg.host, scfg.port, insecure=scfg.insecure)
 
 
 def main() -> None:

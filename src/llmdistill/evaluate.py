@@ -27,6 +27,7 @@ from llmdistill.config import EvaluateConfig
 from llmdistill.errors import DataError, UsageError
 
 NO_ANSWER = "(no answer)"
+_DEFAULTS = EvaluateConfig()  # the keyword defaults below are config.py's, not copies
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx")
 
 
@@ -68,7 +69,8 @@ def _as_pred(pred: Sequence, labels: list[str]) -> np.ndarray:
     return np.array([p if p in allowed else NO_ANSWER for p in pred], dtype=object)
 
 
-def calibration(probs: np.ndarray, gold: np.ndarray, labels: list[str], bins: int = 15) -> dict:
+def calibration(probs: np.ndarray, gold: np.ndarray, labels: list[str],
+                bins: int = _DEFAULTS.ece_bins) -> dict:
     """ECE over equal-width bins of top-class confidence; rows with NaN probabilities skipped."""
     ok = ~np.isnan(probs).any(axis=1)
     probs, gold = probs[ok], gold[ok]
@@ -92,10 +94,10 @@ def classification_metrics(
     pred: Sequence[str | None],
     labels: list[str],
     probs: np.ndarray | None = None,
-    n_boot: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
-    ece_bins: int = 15,
+    n_boot: int = _DEFAULTS.bootstrap,
+    ci: float = _DEFAULTS.ci,
+    seed: int = _DEFAULTS.seed,
+    ece_bins: int = _DEFAULTS.ece_bins,
 ) -> dict:
     """Accuracy and macro-F1 with percentile-bootstrap intervals, per-class scores, confusion.
 
@@ -139,10 +141,10 @@ def compare(
     b_pred: Sequence[str | None],
     gold: Sequence[str],
     labels: list[str],
-    n_boot: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
-    alpha: float = 0.05,
+    n_boot: int = _DEFAULTS.bootstrap,
+    ci: float = _DEFAULTS.ci,
+    seed: int = _DEFAULTS.seed,
+    alpha: float = _DEFAULTS.significance,
 ) -> dict:
     """Paired comparison of two models on the same texts.
 
@@ -211,8 +213,8 @@ def hardware() -> dict:
 def measure_speed(
     predict_proba: Callable[[list[str], int], np.ndarray],
     texts: list[str],
-    batch: int = 64,
-    latency_samples: int = 50,
+    batch: int = _DEFAULTS.speed_batch,
+    latency_samples: int = _DEFAULTS.latency_samples,
 ) -> dict:
     """Throughput at `batch` (median of 3 passes after a warm-up); latency at batch 1 in ms."""
     if not texts:

@@ -6,8 +6,6 @@ artefact atomically with a manifest, and a rerun reuses what is already done.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -19,17 +17,21 @@ from llmdistill import __version__
 from llmdistill.annotate import (
     AnnotationCache,
     annotate,
+    demos_for,
     status_counts,
+    without_demos,
     write_annotations,
 )
 from llmdistill.cascade import curve_for_report
 from llmdistill.config import EvaluateConfig, RunConfig, StudentConfig, TeacherConfig
 from llmdistill.data import frame_hash, load_dataset, text_hash
+from llmdistill.errors import UsageError
 from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
+from llmdistill.files import atomic_path
 from llmdistill.report import print_summary, write_html, write_report
 from llmdistill.student.model_card import update_metrics
+from llmdistill.student.record import StudentRecord
 from llmdistill.teachers import load_teacher
-from llmdistill.teachers.prompts import pick_demos
 
 console = Console(stderr=True)
 
@@ -50,11 +52,13 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
         teacher.close()
     counts = status_counts(table)
     console.print(f"teacher outcomes: {counts}")
+    prompt = teacher.prompt  # None for a teacher that prompts no model (replay)
     manifest = {
         "teacher": {"spec": cfg.spec, "id": teacher.id, **teacher.info},
         "prompt_hash": teacher.prompt_hash,
         "prompt": {"task": cfg.task, "label_descriptions": cfg.label_descriptions,
-                   "prefix": teacher.prompt.prefix, "suffix": teacher.prompt.suffix},
+                   "prefix": prompt.prefix if prompt else None,
+                   "suffix": prompt.suffix if prompt else None},
         "demos": demos,
         "labels": labels,
         "texts": len(table),
@@ -71,32 +75,26 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
 def estimate(frame: pd.DataFrame, labels: list[str], demos: list[dict], cfg: TeacherConfig,
              cache_dir: Path) -> dict:
     """--dry-run: what labelling `frame` would cost, before spending anything (no requests)."""
-    if cfg.spec.startswith("openai:"):
-        from llmdistill.teachers.openai_api import OpenAITeacher
-
-        teacher = OpenAITeacher(cfg.spec.removeprefix("openai:"), labels, demos, cfg,
-                                preflight=False)
-    else:
-        teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
+    teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir, dry_run=True)
     try:
-        if not hasattr(teacher, "estimate"):
-            return {"texts": len(frame), "dollars": 0.0, "note": f"{cfg.spec} runs locally"}
         return teacher.estimate(frame["text"].tolist())
     finally:
         teacher.close()
 
 
-def train_split(annotations: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and validation rows: the store's split column, or a seeded 10% carved out."""
+def train_split(annotations: pd.DataFrame, seed: int,
+                fraction: float = StudentConfig().validation_fraction
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and validation rows: the store's split column, or a seeded `fraction` carved out."""
     if "split" in annotations.columns and (annotations["split"] == "validation").any():
         return (annotations[annotations["split"] == "train"],
                 annotations[annotations["split"] == "validation"])
-    val = annotations.sample(frac=0.1, random_state=seed)
+    val = annotations.sample(frac=fraction, random_state=seed)
     return annotations.drop(val.index), val
 
 
 def train(annotations: pd.DataFrame, labels: list[str], cfg: StudentConfig, out_dir: Path,
-          manifest: dict):
+          manifest: dict, overwrite: bool = False):
     """Distil the student from the teacher's probabilities.
 
     Gold is read only from training rows, as the anchor set (`cfg.anchor_size` of them) that
@@ -104,29 +102,36 @@ def train(annotations: pd.DataFrame, labels: list[str], cfg: StudentConfig, out_
     """
     from llmdistill.student.train import train_student
 
-    tr, val = train_split(annotations, cfg.seed)
+    tr, val = train_split(annotations, cfg.seed, cfg.validation_fraction)
     anchor = tr if "gold" in tr.columns and tr["gold"].notna().any() else None
-    manifest = {**manifest, "student": cfg.model_dump(mode="json")}
-    return train_student(tr, val, labels, cfg, out_dir, manifest, anchor=anchor)
+    return train_student(tr, val, labels, cfg, out_dir, manifest, anchor=anchor,
+                         overwrite=overwrite)
 
 
 def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: EvaluateConfig,
              teacher_annotations: pd.DataFrame | None = None,
-             teacher_manifest: dict | None = None, out_dir: Path | None = None) -> dict:
-    """Teacher vs gold, student vs gold, student vs teacher on the same gold texts."""
+             teacher_manifest: dict | None = None, out_dir: Path | None = None,
+             curve_thresholds: list[float] | None = None) -> dict:
+    """Teacher vs gold, student vs gold, student vs teacher on the same gold texts.
+
+    `curve_thresholds`: the cascade curve's thresholds (the run's `serve.curve_thresholds`).
+    """
     from llmdistill.student.predict import StudentClassifier
 
     student = StudentClassifier.load(student_dir)
+    record = StudentRecord.load_if_present(student_dir)
     if student.labels != labels:
         raise_labels(student.labels, labels)
     texts = gold["text"].tolist()
     probs = student.predict_proba(texts, batch_size=cfg.speed_batch, progress=True)
     speed_texts = texts[: cfg.speed_texts]
     info: dict = {"student": {
-        "name": _student_name(student_dir), "parameters": student.parameters,
+        "name": (record and record.model_name) or Path(student_dir).name,
+        "parameters": student.parameters,
         "size": model_size(student.onnx_path or student_dir),
         "speed": {**measure_speed(lambda t, b: student.predict_proba(t, batch_size=b),
-                                  speed_texts, batch=cfg.speed_batch),
+                                  speed_texts, batch=cfg.speed_batch,
+                                  latency_samples=cfg.latency_samples),
                   "backend": student.backend},
     }}
     teacher_df = None
@@ -143,7 +148,7 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
                                     ("tokens", "dollars", "dollars_per_1000")}
                            if teacher_manifest else None}
     info["manifest"] = {"llmdistill_version": __version__, "versions": _versions(),
-                        "student": _student_record(student_dir),
+                        "student": record.summary() if record else {},
                         "student_dir": str(student_dir),
                         "gold_hash": frame_hash(gold),
                         "teacher": (teacher_manifest or {}).get("teacher"),
@@ -154,7 +159,8 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
     metrics = evaluate_predictions(gold, teacher_df, probs, labels, cfg, info)
     if teacher_df is not None:  # what deferring unsure texts to the teacher would give
         metrics["cascade"] = curve_for_report(probs, teacher_df, gold, labels, teacher_manifest,
-                                              info["student"]["speed"])
+                                              info["student"]["speed"],
+                                              thresholds=curve_thresholds)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         preds = gold[["id", "text", "label"]].rename(columns={"label": "gold"}).copy()
@@ -165,7 +171,8 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
             preds["teacher"] = teacher_df["label"].to_numpy()
             for lab in labels:
                 preds[f"teacher_prob_{lab}"] = teacher_df[f"prob_{lab}"].to_numpy()
-        _write_parquet(preds, out_dir / "predictions.parquet")
+        with atomic_path(out_dir / "predictions.parquet") as tmp:
+            preds.to_parquet(tmp, index=False)
         write_report(metrics, out_dir)
         write_html(metrics, preds, out_dir)
     return metrics
@@ -182,8 +189,6 @@ def align_teacher(gold: pd.DataFrame, annotations: pd.DataFrame) -> pd.DataFrame
 
 
 def raise_labels(student_labels: list[str], labels: list[str]) -> None:
-    from llmdistill.errors import UsageError
-
     raise UsageError(f"the student predicts {student_labels} but the data's labels are "
                      f"{labels}: evaluate on data with the student's label set")
 
@@ -200,30 +205,6 @@ def _versions() -> dict:
     return out
 
 
-def _student_record(student_dir: Path) -> dict:
-    """The trained folder's settings (seed, KD parameters) and training result, for manifests."""
-    meta = Path(student_dir) / "llmdistill.json"
-    if not meta.exists():
-        return {}
-    rec = json.loads(meta.read_text())
-    keys = ("base_model", "student_config", "used", "skipped", "best_epoch",
-            "validation_agreement", "samples_per_second")
-    return {k: rec[k] for k in keys if k in rec}
-
-
-def _student_name(student_dir: Path) -> str:
-    meta = Path(student_dir) / "llmdistill.json"
-    if meta.exists():
-        return json.loads(meta.read_text()).get("student", {}).get("model", Path(student_dir).name)
-    return Path(student_dir).name
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def run(cfg: RunConfig) -> dict:
     """The whole pipeline on one config. Reruns reuse the cache and a matching student."""
     out = Path(cfg.out)
@@ -233,9 +214,8 @@ def run(cfg: RunConfig) -> dict:
     console.rule("1/4 data")
     ds = load_dataset(cfg.data)
     labels = ds.labels
-    demos = pick_demos(ds.splits["train"], labels, cfg.teacher.n_demos, cfg.teacher.demo_seed)
-    demo_ids = {d["id"] for d in demos}
-    frame = pd.concat([df[~df["id"].isin(demo_ids)].assign(split=name)
+    demos = demos_for(ds.splits["train"], labels, cfg.teacher)
+    frame = pd.concat([without_demos(df, demos).assign(split=name)
                        for name, df in ds.splits.items()], ignore_index=True)
     console.print(f"{ds.manifest['used_split_sizes']} texts from {cfg.data.source}; "
                   f"labels {labels}; {len(demos)} demos from train")
@@ -252,20 +232,17 @@ def run(cfg: RunConfig) -> dict:
     if _matching_student(student_dir, key):
         console.print(f"reusing {student_dir}: same annotations and student settings")
     else:
-        fresh = out / "student.new"
-        shutil.rmtree(fresh, ignore_errors=True)
-        result = train(table[table["split"] != "test"], labels, cfg.student, fresh,
+        result = train(table[table["split"] != "test"], labels, cfg.student, student_dir,
                        {"run_key": key, "teacher": manifest["teacher"],
-                        "prompt_hash": manifest["prompt_hash"], "data": ds.manifest})
+                        "prompt_hash": manifest["prompt_hash"], "data": ds.manifest},
+                       overwrite=True)
         console.print(f"trained on {result.used} texts ({result.skipped} skipped, not ok); "
                       f"{result.samples_per_second:.1f} samples/s")
-        shutil.rmtree(student_dir, ignore_errors=True)
-        fresh.rename(student_dir)
 
     console.rule("4/4 evaluation")
-    test = ds.splits["test"]
-    test = test[~test["id"].isin(demo_ids)]
-    metrics = evaluate(student_dir, test, labels, cfg.evaluate, table, manifest, out_dir=out)
+    test = without_demos(ds.splits["test"], demos)
+    metrics = evaluate(student_dir, test, labels, cfg.evaluate, table, manifest, out_dir=out,
+                       curve_thresholds=cfg.serve.curve_thresholds)
     update_metrics(student_dir, card_metrics(metrics))
     print_summary(metrics, Console())
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
@@ -285,10 +262,9 @@ def card_metrics(metrics: dict) -> dict:
 
 
 def _matching_student(student_dir: Path, key: dict) -> bool:
-    meta = student_dir / "llmdistill.json"
-    if not meta.exists():
-        return False
+    """True when `student_dir` was trained on the same annotations with the same settings."""
     try:
-        return json.loads(meta.read_text()).get("run_key") == key
-    except (OSError, ValueError):
+        record = StudentRecord.load_if_present(student_dir)
+    except UsageError:  # an unreadable record: retrain
         return False
+    return record is not None and record.run_key == key

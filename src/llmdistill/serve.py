@@ -7,13 +7,26 @@ worker thread runs the model, and each batch takes every request queued meanwhil
 latency. With a cascade teacher, texts whose top student probability is below the threshold are
 sent to the teacher (one instance, one thread, behind a lock: local LLMs are CPU-bound and not
 thread-safe). Every error is JSON with `error` (a code) and `message` (what to fix).
+
+Both models see texts repaired by `llmdistill.data.clean_text`, as in training and annotation:
+`StudentClassifier.predict_proba` cleans what the student reads, `CascadeTeacher` what the teacher
+reads (the answers keep the request's order, and limits apply to the texts as sent).
+
+Access: the service listens on 127.0.0.1 unless told otherwise. With an API key (`api_key_env`
+names the environment variable that holds it), every request except GET /healthz must send
+`Authorization: Bearer <key>`, /docs and /openapi.json included (the API's shape is as private as
+the API); without the key /healthz says only that the service is up. A non-loopback host without
+a key is refused unless `insecure` is set. The key is never logged, printed or written anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import hmac
+import ipaddress
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +46,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmdistill import __version__
 from llmdistill.cascade import student_answers
 from llmdistill.config import ServeConfig
+from llmdistill.data import clean_text
 from llmdistill.errors import UsageError
+from llmdistill.student.record import StudentRecord
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +96,63 @@ class ApiError(Exception):
         self.status, self.error, self.message = status, error, message
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
+def _error(status: int, error: str, message: str,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status,
+                        headers=headers)
+
+
+class _Secret:
+    """The API key: compared in constant time, and shown as `<hidden>` by repr and str."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value.encode("utf-8")
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+    __str__ = __repr__
+
+    def matches(self, token: bytes) -> bool:
+        return hmac.compare_digest(token, self._value)
+
+
+AUTHENTICATED = "llmdistill.authenticated"  # scope key: the request carried the right key
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request except GET /healthz needs `Authorization: Bearer <key>`.
+
+    A missing or wrong key is answered 401 with an ErrorResponse body and a `WWW-Authenticate:
+    Bearer` header, before the body is read. GET /healthz passes either way, with the scope's
+    `llmdistill.authenticated` saying whether the key was right.
+    """
+
+    def __init__(self, app: ASGIApp, key: _Secret) -> None:
+        self.app, self.key = app, key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope.get("headers") or [] if k == b"authorization"), None)
+        scheme, _, token = (header or b"").strip().partition(b" ")
+        token = token.strip()
+        ok = scheme.lower() == b"bearer" and bool(token) and self.key.matches(token)
+        if scope.get("method") == "GET" and scope.get("path") == "/healthz":
+            await self.app({**scope, AUTHENTICATED: ok}, receive, send)
+        elif ok:
+            await self.app(scope, receive, send)
+        elif header is None or scheme.lower() != b"bearer" or not token:
+            await _error(401, "missing_api_key", "this service needs an API key: send the "
+                         "header 'Authorization: Bearer <key>'",
+                         {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        else:
+            await _error(401, "invalid_api_key", "the API key is wrong: send the key the "
+                         "server was started with", {"WWW-Authenticate": 'Bearer error='
+                                                     '"invalid_token"'})(scope, receive, send)
 
 
 class BodyLimit:
@@ -200,8 +270,9 @@ class CascadeTeacher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="teacher")
 
     def _label(self, texts: list[str]) -> list:
+        cleaned = [clean_text(t) for t in texts]  # the teacher saw cleaned texts in annotation
         with self.lock:
-            return self.teacher.label_probs(texts)
+            return self.teacher.label_probs(cleaned)
 
     async def label(self, texts: list[str]) -> list:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._label, texts)
@@ -212,10 +283,13 @@ class CascadeTeacher:
 
 
 def create_app(student: Any, cfg: ServeConfig | None = None, teacher: Any | None = None,
-               teacher_name: str | None = None, model_name: str = "student") -> FastAPI:
+               teacher_name: str | None = None, model_name: str = "student",
+               api_key: str | None = None) -> FastAPI:
     """The FastAPI app around a loaded `StudentClassifier` and, optionally, a cascade teacher.
 
     `teacher` is any `llmdistill.teachers.Teacher` whose labels are the student's, in order.
+    With `api_key`, every request except GET /healthz must send `Authorization: Bearer
+    <api_key>`: /docs and /openapi.json too, since a private API's shape is private as well.
     """
     cfg = cfg or ServeConfig()
     labels: list[str] = list(student.labels)
@@ -246,6 +320,14 @@ def create_app(student: Any, cfg: ServeConfig | None = None, teacher: Any | None
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
     errors = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
               422: {"model": ErrorResponse}}
+    app.state.requires_api_key = api_key is not None
+    if api_key is not None:
+        if not api_key.strip():
+            raise UsageError("the API key is empty: give a long random key, e.g. from "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        app.add_middleware(BearerAuth, key=_Secret(api_key.strip()))  # outermost: before 413
+        errors[401] = {"model": ErrorResponse, "description": "missing or wrong API key"}
+        _document_bearer(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
@@ -268,8 +350,12 @@ def create_app(student: Any, cfg: ServeConfig | None = None, teacher: Any | None
         return _error(500, "internal_error", f"the server failed on this request "
                       f"({type(e).__name__}): retry, and report it if it persists")
 
-    @app.get("/healthz", summary="Liveness and what is being served")
-    async def healthz() -> dict[str, Any]:
+    @app.get("/healthz", summary="Liveness and what is being served",
+             description="Open to all; with an API key set, callers without it see only "
+                         "status and version.")
+    async def healthz(request: Request) -> dict[str, Any]:
+        if not request.scope.get(AUTHENTICATED, True):
+            return {"status": "ok", "version": __version__}
         return {"status": "ok", "model": model_name, "backend": student.backend,
                 "labels": labels, "version": __version__,
                 "limits": {"max_texts": cfg.max_texts, "max_chars": cfg.max_chars,
@@ -342,29 +428,111 @@ def _result(p: np.ndarray, labels: list[str], who: str) -> TextResult:
                       probs={lab: round(float(x), 6) for lab, x in zip(labels, p, strict=True)})
 
 
-def model_name(student_dir: Path) -> str:
-    """The base model's name from the folder's llmdistill.json, else the folder's name."""
-    meta = Path(student_dir) / "llmdistill.json"
+def _document_bearer(app: FastAPI) -> None:
+    """Declare the bearer scheme in the OpenAPI schema, on every operation but GET /healthz."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+                "type": "http", "scheme": "bearer",
+                "description": "the key in the server's `serve.api_key_env` variable"}
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    if (path, method) != ("/healthz", "get"):
+                        operation["security"] = [{"bearer": []}]
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def read_api_key(cfg: ServeConfig) -> str | None:
+    """The API key from the environment variable `cfg.api_key_env` names; None when unset.
+
+    A name that is not an environment variable's, or a variable that is missing or empty, is a
+    one-line UsageError (which never echoes a value that might be the key itself).
+    """
+    name = cfg.api_key_env
+    if name is None:
+        return None
+    if not _ENV_NAME.fullmatch(name):
+        raise UsageError("--api-key-env takes the NAME of an environment variable (letters, "
+                         "digits and _), not the key itself: export NAME=<key>, then pass "
+                         "--api-key-env NAME")
+    key = os.environ.get(name, "").strip()
+    if not key:
+        raise UsageError(f"--api-key-env {name}: the environment variable {name} is not set or "
+                         f"empty: export {name}=<a long random key> before starting the server")
+    if len(key) < 16:
+        logger.warning("the API key in $%s is shorter than 16 characters: use a long random "
+                       "one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                       name)
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1): unreachable from outside."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
     try:
-        record = json.loads(meta.read_text(encoding="utf-8"))
-        return str(record.get("student_config", {}).get("model") or Path(student_dir).name)
-    except (OSError, ValueError):
-        return Path(student_dir).name
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    """Run `app` with uvicorn until interrupted (no access log: it costs per request)."""
+def check_exposure(host: str, has_api_key: bool, insecure: bool = False) -> None:
+    """Refuse to listen on a non-loopback `host` without an API key, unless `insecure`."""
+    if is_loopback(host):
+        return
+    if has_api_key:
+        logger.warning("listening on %s over plain HTTP: the API key crosses the network in "
+                       "clear text; put a TLS-terminating proxy in front", host)
+    elif insecure:
+        logger.warning("listening on %s without an API key (--insecure): anyone who can reach "
+                       "it can use it; put it behind a proxy that authenticates", host)
+    else:
+        raise UsageError(f"--host {host} is reachable from other machines and the service has "
+                         "no API key: pass --api-key-env NAME (with NAME=<key> exported), or "
+                         "--insecure if a proxy in front of it authenticates")
+
+
+def model_name(student_dir: Path) -> str:
+    """The base model's name from the folder's llmdistill.json, else the folder's name.
+
+    A folder without the file (a plain HF folder) is named by its folder; a broken file is a
+    UsageError from `StudentRecord.load`.
+    """
+    record = StudentRecord.load_if_present(student_dir)
+    return str(record and record.model_name or Path(student_dir).name)
+
+
+def serve(app: FastAPI, host: str, port: int, log_level: str = "info",
+          insecure: bool = False) -> None:
+    """Run `app` with uvicorn until interrupted (no access log: it costs per request).
+
+    A non-loopback `host` is refused before binding unless the app requires an API key or
+    `insecure` is set.
+    """
     import uvicorn
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("listening on %s: the service has no authentication; put it behind a "
-                       "proxy that has", host)
+    keyed = bool(getattr(app.state, "requires_api_key", False))
+    check_exposure(host, keyed, insecure)
+    if keyed and log_level == "trace":
+        raise UsageError("log level trace prints request headers, the API key among them: "
+                         "use debug or higher")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def app_from_folder(student_dir: Path, cfg: ServeConfig, run_cfg: Any | None = None,
                     demos: str | None = None) -> FastAPI:
     """Load the student (ONNX when its export passed parity) and the cascade teacher, if any.
+
+    The API key, when `cfg.api_key_env` names one, is read from the environment first.
 
     The teacher's prompt comes from `run_cfg.teacher` (a RunConfig); its few-shot demos are
     drawn from `demos` (labelled data), by default the embedded `tweets:train` when the
@@ -373,12 +541,14 @@ def app_from_folder(student_dir: Path, cfg: ServeConfig, run_cfg: Any | None = N
     from llmdistill.config import RunConfig
     from llmdistill.student.predict import StudentClassifier
 
+    api_key = read_api_key(cfg)  # before loading anything: a missing key fails fast
     run_cfg = run_cfg or RunConfig()
     student = StudentClassifier.load(student_dir, threads=cfg.threads, backend=cfg.backend)
     teacher = None
     if cfg.cascade_teacher:
         teacher = load_cascade_teacher(cfg.cascade_teacher, student.labels, run_cfg, demos)
-    return create_app(student, cfg, teacher, cfg.cascade_teacher, model_name(student_dir))
+    return create_app(student, cfg, teacher, cfg.cascade_teacher, model_name(student_dir),
+                      api_key)
 
 
 def load_cascade_teacher(spec: str, labels: list[str], run_cfg: Any, demos: str | None) -> Any:

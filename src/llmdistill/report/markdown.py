@@ -8,56 +8,28 @@ shown as "—", never invented.
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from llmdistill.cascade import cascade_markdown
-from llmdistill.evaluate import NO_ANSWER
-
-DASH = "—"
-
-
-def _pct(iv: dict) -> str:
-    return f"{100 * iv['value']:.1f}% [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
-
-
-def _f1(iv: dict) -> str:
-    return f"{iv['value']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
-
-
-def _count(n: float | None) -> str:
-    if n is None:
-        return DASH
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(int(n))
-
-
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
-
-
-def _model(metrics: dict, who: str) -> dict:
-    return metrics.get("info", {}).get(who) or {}
-
-
-def _relative_size(metrics: dict) -> str:
-    """Student size as a fraction of the teacher's: parameters if both known, else bytes."""
-    t, s = _model(metrics, "teacher"), _model(metrics, "student")
-    for num, den in ((s.get("parameters"), t.get("parameters")),
-                     ((s.get("size") or {}).get("bytes"), (t.get("size") or {}).get("bytes"))):
-        if num and den:
-            r = num / den
-            return f"1/{round(1 / r):,} of the teacher" if r < 0.1 else f"{r:.0%} of the teacher"
-    return DASH
+from llmdistill.files import atomic_write
+from llmdistill.report.format import (
+    DASH,
+    clean,
+    count,
+    model_info,
+    optional,
+    p_value,
+    percent,
+    percent_interval,
+    relative_size,
+    resamples,
+    score_interval,
+    settings,
+    vs_gold,
+)
 
 
 def summary_rows(metrics: dict) -> list[dict]:
@@ -65,16 +37,18 @@ def summary_rows(metrics: dict) -> list[dict]:
     rows = [{"model": f"gold labels (n = {metrics['n']})", "parameters": "human",
              "accuracy": "reference", "macro-F1": "reference", "relative size": DASH}]
     for who in ("teacher", "student"):
-        m, info = metrics.get(who), _model(metrics, who)
+        m, info = metrics.get(who), model_info(metrics, who)
         if m:
             rows.append({"model": f"{who}: {info.get('name', '?')}",
-                         "parameters": _count(info.get("parameters")),
-                         "accuracy": _pct(m["accuracy"]), "macro-F1": _f1(m["macro_f1"]),
+                         "parameters": count(info.get("parameters")),
+                         "accuracy": percent_interval(m["accuracy"]),
+                         "macro-F1": score_interval(m["macro_f1"]),
                          "relative size": "reference" if who == "teacher"
-                         else _relative_size(metrics)})
+                         else relative_size(metrics)})
     maj = metrics["majority"]
     rows.append({"model": f"majority class ({maj['label']})", "parameters": "0",
-                 "accuracy": _pct(maj["accuracy"]), "macro-F1": _f1(maj["macro_f1"]),
+                 "accuracy": percent_interval(maj["accuracy"]),
+                 "macro-F1": score_interval(maj["macro_f1"]),
                  "relative size": DASH})
     return rows
 
@@ -87,7 +61,7 @@ def verdict(metrics: dict) -> str | None:
     words = {"a_better": "significantly better than", "b_better": "significantly worse than",
              "no significant difference": "not significantly different from"}[c["verdict"]]
     d = c["accuracy_difference"]
-    return (f"The student is {words} the teacher ({_p(c['p_value'])}, McNemar exact: only the "
+    return (f"The student is {words} the teacher ({p_value(c['p_value'])}, McNemar exact: only the "
             f"student is right on {c['b']} texts, only the teacher on {c['c']}). Student − "
             f"teacher accuracy: {100 * d['value']:+.1f} points "
             f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}].")
@@ -102,7 +76,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def _per_class(m: dict) -> str:
     return _table(
         ["class", "gold share", "predicted share", "precision", "recall", "F1", "support"],
-        [[lab, f"{c['gold_share']:.1%}", f"{c['predicted_share']:.1%}", f"{c['precision']:.3f}",
+        [[lab, percent(c["gold_share"]), percent(c["predicted_share"]), f"{c['precision']:.3f}",
           f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"]]
          for lab, c in m["per_class"].items()],
     )
@@ -113,24 +87,33 @@ def _confusion(matrix: list[list[int]], rows: list[str], cols: list[str], corner
 
 
 def _vs_gold(m: dict, labels: list[str], who: str) -> str:
-    matrix, cols = m["confusion"], list(labels)
-    if m.get("unanswered"):
-        matrix = [[*row, u] for row, u in zip(matrix, m["unanswered_by_gold"], strict=True)]
-        cols.append(NO_ANSWER)
+    matrix, cols = vs_gold(m, labels)
     return _confusion(matrix, labels, cols, f"gold ↓ / {who} →")
+
+
+def cascade_markdown(curve: list[dict]) -> str:
+    """The cascade curve (`cascade.cascade_curve`'s rows) as a Markdown table."""
+    return _table(
+        ["threshold", "coverage (student)", "accuracy", "student accuracy on its share",
+         "teacher texts / 1,000", "CPU-s / 1,000", "$ / 1,000"],
+        [[f"{r['threshold']:.2f}", percent(r["coverage"]), percent(r["accuracy"]),
+          optional(r["student_accuracy_on_covered"], percent), f"{r['teacher_texts_per_1000']:.0f}",
+          optional(r["cpu_seconds_per_1000"], "{:.1f}".format),
+          optional(r["dollars_per_1000"], "{:.4f}".format)] for r in curve],
+    )
 
 
 def _speed_rows(metrics: dict) -> tuple[list[list[str]], list[str]]:
     rows, hardware = [], []
     for who in ("teacher", "student"):
-        info = _model(metrics, who)
+        info = model_info(metrics, who)
         if not info:
             continue
         sp, size = info.get("speed") or {}, info.get("size") or {}
         lat = sp.get("latency_ms")
         if "seconds_per_text" in sp:  # a teacher's measured annotation time
             sp = {"throughput_texts_per_s": 1 / sp["seconds_per_text"], "batch": 1, **sp}
-        rows.append([f"{who}: {info.get('name', '?')}", _count(info.get("parameters")),
+        rows.append([f"{who}: {info.get('name', '?')}", count(info.get("parameters")),
                      f"{size['mb']:,.1f} MB" if size else DASH,
                      f"{sp['throughput_texts_per_s']:,.1f} (batch {sp['batch']})"
                      if "throughput_texts_per_s" in sp else DASH,
@@ -144,7 +127,7 @@ def _speed_rows(metrics: dict) -> tuple[list[list[str]], list[str]]:
 
 def cost_line(metrics: dict) -> str | None:
     """What labelling cost: tokens, dollars and dollars per 1,000 labels (priced teachers)."""
-    cost = _model(metrics, "teacher").get("cost") or {}
+    cost = model_info(metrics, "teacher").get("cost") or {}
     if not cost.get("tokens"):
         return None
     per = cost.get("dollars_per_1000") or 0.0
@@ -155,13 +138,13 @@ def cost_line(metrics: dict) -> str | None:
 
 def render_markdown(metrics: dict) -> str:
     """report.md: summary, paired test, warnings, per-class, confusion, calibration, speed."""
-    labels, s = metrics["labels"], metrics.get("settings", {})
+    labels, s = metrics["labels"], settings(metrics)
     teacher, student = metrics.get("teacher"), metrics.get("student")
     out = [
         "# llmdistill report",
         f"{metrics['n']} test texts with gold labels; labels: {', '.join(labels)}. Intervals are "
-        f"{s.get('ci', 0.95):.0%} percentile-bootstrap intervals over texts "
-        f"({s.get('bootstrap', '?')} resamples).",
+        f"{s['ci']:.0%} percentile-bootstrap intervals over texts "
+        f"({resamples(metrics)} resamples).",
         "## Summary",
         _table(["model", "parameters", "accuracy", "macro-F1", "relative size"],
                [list(r.values()) for r in summary_rows(metrics)]),
@@ -169,7 +152,7 @@ def render_markdown(metrics: dict) -> str:
     if v := verdict(metrics):
         c = metrics["student_vs_teacher"]
         kappa = DASH if c["kappa"] is None else f"{c['kappa']:.2f}"
-        out.append(f"{v} Student and teacher agree on {c['agreement']:.1%} of texts "
+        out.append(f"{v} Student and teacher agree on {percent(c['agreement'])} of texts "
                    f"(Cohen's κ = {kappa}).")
     if nok := metrics.get("teacher_not_ok"):
         statuses = "".join(f", {k} {v}" for k, v in nok["by_status"].items())
@@ -192,7 +175,7 @@ def render_markdown(metrics: dict) -> str:
                   if m and m.get("mean_confidence") is not None]
     if calibrated:
         out += ["## Calibration",
-                f"Expected calibration error over {s.get('ece_bins', 15)} equal-width bins of "
+                f"Expected calibration error over {s['ece_bins']} equal-width bins of "
                 "top-class confidence (0 is perfect; texts without probabilities left out).",
                 _table(["model", "ECE", "mean confidence", "accuracy", "texts"],
                        [[who, f"{m['ece']:.3f}", f"{m['mean_confidence']:.3f}",
@@ -211,9 +194,9 @@ def render_markdown(metrics: dict) -> str:
                 "If the student answered only texts whose top probability is at least the "
                 "threshold and the teacher answered the rest (`llmdistill serve "
                 "--cascade-teacher`), on these gold texts:",
-                cascade_markdown(cascade["curve"]).rstrip()]
+                cascade_markdown(cascade["curve"])]
     if manifest := metrics.get("info", {}).get("manifest"):
-        out += ["## Manifest", "```json\n" + json.dumps(_clean(manifest), indent=2) + "\n```"]
+        out += ["## Manifest", "```json\n" + json.dumps(clean(manifest), indent=2) + "\n```"]
     return "\n\n".join(out) + "\n"
 
 
@@ -233,39 +216,14 @@ def print_summary(metrics: dict, console: Console | None = None) -> None:
         console.print(f"warning: {w}", style="yellow", markup=False)
 
 
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: numpy scalars and arrays to Python, paths to strings, NaN to null."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple | np.ndarray):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return str(x) if isinstance(x, Path) else x
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(metrics: dict, out_dir: Path) -> dict[str, Path]:
     """Write metrics.json and report.md into `out_dir`, each atomically; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clean = _clean(metrics)
-    texts = {"metrics": json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-             "report": render_markdown(clean)}
+    safe = clean(metrics)
+    texts = {"metrics": json.dumps(safe, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+             "report": render_markdown(safe)}
     paths = {"metrics": out_dir / "metrics.json", "report": out_dir / "report.md"}
     for key, path in paths.items():
-        _write_atomic(path, texts[key])
+        atomic_write(path, texts[key])
     return paths

@@ -13,8 +13,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -26,12 +24,14 @@ import numpy as np
 from llmdistill import __version__
 from llmdistill.config import ExportConfig
 from llmdistill.errors import UsageError
+from llmdistill.files import atomic_dir
 from llmdistill.student.predict import (
     FP32_FILE,
     INT8_FILE,
     ONNX_DIR,
     PARITY_FILE,
     StudentClassifier,
+    check_model_folder,
     weights_fingerprint,
 )
 
@@ -107,9 +107,7 @@ def export_student(
     cfg = cfg or ExportConfig()
     int8 = cfg.int8 if int8 is None else int8
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise UsageError(f"{model_dir} is not a model folder (no config.json): give the folder "
-                         "that training wrote")
+    check_model_folder(model_dir)
     texts = [str(t) for t in texts]
     if cfg.max_texts is not None and len(texts) > cfg.max_texts:
         texts, gold = texts[: cfg.max_texts], (gold[: cfg.max_texts] if gold else gold)
@@ -122,10 +120,7 @@ def export_student(
         raise UsageError(f"the parity data's labels {bad} are not the student's {labels}: "
                          "pass --data with the student's label set")
     final = model_dir / ONNX_DIR
-    tmp = model_dir / f".{ONNX_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:
         t0 = time.perf_counter()
         export_onnx(reference, tmp / FP32_FILE, cfg.opset)
         files = [(FP32_FILE, "fp32")]
@@ -166,9 +161,6 @@ def export_student(
             "passed": all(v["passed"] for v in variants),
         }
         (tmp / PARITY_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out_dir=final, record=record)
 
 
@@ -199,17 +191,3 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True,
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
                      reduce_range=reduce_range)
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Put `new` where `final` is, replacing an older export."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    try:
-        os.replace(new, final)
-    except OSError:
-        if old.exists():
-            os.replace(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llmdistill.files import atomic_write
+from llmdistill.student.record import StudentRecord
+
 LICENSE = "Apache-2.0"
-MANIFEST_FILE = "llmdistill.json"
-# llmdistill.json is the caller's manifest plus these keys (RESULT_FIELDS mirror TrainResult)
-RESULT_FIELDS = ("model_dir", "used", "skipped", "best_epoch", "validation_agreement",
-                 "samples_per_second", "train_seconds", "parameters",
-                 "flop_bound_samples_per_second", "peak_gflops", "tokens_per_text", "noise")
-RECORD_FIELDS = ("llmdistill_version", "labels", "student_config")
 
 
 def render_model_card(
@@ -123,6 +119,8 @@ def _gold_use(noise: Mapping[str, Any] | None) -> str:
         return "Gold labels are never used for training or selection."
     used = [k.replace("_", " ") for k in ("prior_correction", "forward_correction")
             if noise.get(k)] + (["class weights"] if noise.get("class_weights") == "anchor" else [])
+    if noise.get("anchor_targets") == "gold":
+        used.append("training targets (their gold label replaced the teacher's)")
     return (f"{n} gold-labelled training texts (the anchor) measured the teacher's confusion"
             f"{' for ' + ', '.join(used) if used else ''}; no validation or test gold was used.")
 
@@ -133,24 +131,12 @@ def update_metrics(model_dir: str | Path, metrics: Mapping[str, Any]) -> None:
     Training comes before evaluation, so the card written at training time has no test metrics;
     call this once they are known. Both files are replaced atomically.
     """
-    model_dir = Path(model_dir)
-    record = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    record["metrics"] = dict(metrics)
-    manifest = {k: v for k, v in record.items() if k not in RESULT_FIELDS + RECORD_FIELDS}
-    card = render_model_card(
-        record["labels"],
-        record["student_config"],
-        {k: record[k] for k in RESULT_FIELDS if k in record},
-        manifest,
-    )
-    _atomic_write(model_dir / MANIFEST_FILE, json.dumps(record, indent=2, default=str) + "\n")
-    _atomic_write(model_dir / "README.md", card)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    record = StudentRecord.load(model_dir)
+    record.metrics = dict(metrics)
+    card = render_model_card(record.labels, record.student_config, record.result,
+                             record.manifest)
+    record.save(model_dir)
+    atomic_write(Path(model_dir) / "README.md", card)
 
 
 def _describe(value: Any, missing: str) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +19,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from llmdistill.config import StudentConfig
+from llmdistill.data import clean_text
 from llmdistill.errors import UsageError
-from llmdistill.student.model_card import MANIFEST_FILE
+from llmdistill.files import atomic_path, refuse_existing
+from llmdistill.student.record import StudentRecord
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 PARITY_FILE = "parity.json"
 Backend = Literal["auto", "torch", "onnx"]
+_BATCH = StudentConfig().inference_batch_size
 
 
 class StudentClassifier:
@@ -69,6 +71,7 @@ class StudentClassifier:
         falls back to PyTorch; "onnx" requires such an export; "torch" never uses one.
         """
         model_dir = Path(model_dir)
+        check_model_folder(model_dir)
         if backend not in ("auto", "torch", "onnx"):
             raise UsageError(f"unknown backend {backend!r}: use auto, torch or onnx")
         if backend != "torch" and device == "cpu":
@@ -135,14 +138,15 @@ class StudentClassifier:
         return self
 
     def predict_proba(
-        self, texts: list[str], batch_size: int = 64, progress: bool = False
+        self, texts: list[str], batch_size: int = _BATCH, progress: bool = False
     ) -> np.ndarray:
         """(n, n_labels) probabilities in input order.
 
-        Texts are sorted by token length and batched so that little padding is computed, then
-        put back in the caller's order.
+        Texts are cleaned exactly as training and the teacher saw them (`data.clean_text`),
+        sorted by token length and batched so that little padding is computed, then put back
+        in the caller's order.
         """
-        texts = [str(t) for t in texts]
+        texts = [clean_text(str(t)) for t in texts]
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         if not texts:
             return out
@@ -163,7 +167,7 @@ class StudentClassifier:
         bar.close()
         return out
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[str]:
+    def predict(self, texts: list[str], batch_size: int = _BATCH) -> list[str]:
         """The most probable label of each text."""
         probs = self.predict_proba(texts, batch_size=batch_size)
         return [self.labels[i] for i in probs.argmax(axis=1)]
@@ -240,23 +244,46 @@ def usable_export(model_dir: str | Path) -> tuple[Path | None, str]:
     return None, ("failed parity: " + "; ".join(failed)) if failed else "no variant recorded"
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_model_folder(model_dir: Path) -> None:
+    """Name the real problem before transformers does: no folder, no config, no tokenizer.
+
+    (transformers reads a missing path as a hub repo id, and a folder without tokenizer files as
+    a call to install sentencepiece.)
+    """
+    if not model_dir.exists():
+        raise UsageError(f"no such student folder: {model_dir}: give the folder that "
+                         "`llmdistill train` wrote")
+    if not model_dir.is_dir():
+        raise UsageError(f"{model_dir} is a file, not a student folder: give the folder that "
+                         "`llmdistill train` wrote")
+    if not (model_dir / "config.json").is_file():
+        raise UsageError(f"{model_dir} has no config.json: it is not a model folder; give the "
+                         "folder that `llmdistill train` wrote")
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise UsageError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}"
+                         ", ...): copy the tokenizer into it or retrain")
+
+
 def _tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(str(model_dir))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load the tokenizer of {model_dir} ({e}): give the folder that "
-                         "training wrote") from None
+    except (OSError, ValueError, ImportError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load the tokenizer of {model_dir} ({first}): give the folder "
+                         "that training wrote") from None
 
 
 def _max_length(model_dir: Path, config, tokenizer) -> int:
     """The training max_length if recorded, else the StudentConfig default; never past the model."""
     cap = StudentConfig().max_length
-    manifest = model_dir / MANIFEST_FILE
-    if manifest.exists():
-        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("student_config", {})
-        cap = int(recorded.get("max_length", cap))
+    if (record := StudentRecord.load_if_present(model_dir)) is not None:
+        cap = int(record.student_config.get("max_length", cap))
     limits = [cap, getattr(tokenizer, "model_max_length", cap)]
     positions = getattr(config, "max_position_embeddings", None)
     if positions:
@@ -295,8 +322,7 @@ def check_output(out: Path) -> None:
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out {out}: unknown format {out.suffix!r}: use "
                          f"{', '.join(OUTPUT_SUFFIXES)}")
-    if out.exists():
-        raise UsageError(f"{out} already exists: pass a new --out or delete it")
+    refuse_existing(out)
 
 
 def prediction_records(ids: list[str], texts: list[str], probs: np.ndarray,
@@ -314,9 +340,7 @@ def write_predictions(records: list[dict], labels: list[str], out: Path) -> None
     import pandas as pd
 
     check_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         if out.suffix.lower() == ".jsonl":
             with tmp.open("w", encoding="utf-8") as f:
                 for r in records:
@@ -331,6 +355,3 @@ def write_predictions(records: list[dict], labels: list[str], out: Path) -> None
                 frame.to_csv(tmp, index=False)
             else:
                 frame.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)

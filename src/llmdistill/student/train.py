@@ -14,12 +14,9 @@ sees the same batches as a single process.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import shutil
-import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,8 +43,9 @@ from llmdistill import __version__
 from llmdistill.assets import ASSETS, student_path
 from llmdistill.config import StudentConfig
 from llmdistill.errors import DataError, UsageError
+from llmdistill.files import atomic_dir, refuse_existing
 from llmdistill.student.losses import distillation_loss, example_weights, noisy_log_probs
-from llmdistill.student.model_card import MANIFEST_FILE, render_model_card
+from llmdistill.student.model_card import render_model_card
 from llmdistill.student.noise import (
     NoiseEstimate,
     class_factors,
@@ -55,7 +53,9 @@ from llmdistill.student.noise import (
     fold_into_bias,
     prior_shift,
     sample_anchor,
+    with_gold_targets,
 )
+from llmdistill.student.record import StudentRecord
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +300,7 @@ def train_student(
     manifest: dict | None = None,
     *,
     anchor: pd.DataFrame | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Distill the teacher's annotations into `cfg.model` and write the model folder `out_dir`.
 
@@ -309,26 +310,21 @@ def train_student(
     prior_correction, forward_correction and class_weights="anchor", which are skipped (with a
     warning) without it. `cfg.batch_size` is per device: under DDP the global batch is
     batch_size × processes.
-    Raises UsageError if `out_dir` exists, DataError if a split has no usable rows.
+    Raises UsageError if `out_dir` exists (unless `overwrite`: then the new folder replaces it
+    in one rename, after training), DataError if a split has no usable rows.
     """
     out_dir = Path(out_dir)
-    _refuse_existing(out_dir)
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise DataError(f"the label set {labels} needs at least two distinct labels")
-    tr = teacher_targets(train, labels, "train")
-    va = teacher_targets(validation, labels, "validation")
-    if tr.skipped:
-        logger.warning("train: skipped %d rows the teacher did not annotate (status != ok)",
-                       tr.skipped)
-    if va.skipped:
-        logger.warning("validation: skipped %d rows the teacher did not annotate", va.skipped)
-    if not tr.texts or not va.texts:
-        split = "train" if not tr.texts else "validation"
-        raise DataError(f"the {split} split has no rows annotated ok: nothing to learn from")
-    noise = _noise_estimate(anchor, validation, labels, cfg)
+    if not overwrite:
+        refuse_existing(out_dir)
+    anchor_rows = _anchor_rows(anchor, validation, cfg)
+    noise = estimate_noise(anchor_rows, labels) if anchor_rows is not None else None
+    if cfg.anchor_targets == "gold" and anchor_rows is not None:
+        train = with_gold_targets(train, anchor_rows, labels)
+    tr, va = _usable_splits(train, validation, labels)
     plan = _noise_plan(cfg, noise)
-    factors = class_factors(plan["class_weights"], tr.label_ids, len(labels), noise)
-    weights = example_weights(tr.probs, cfg.confidence_weighting, factors)
+    weights = example_weights(tr.probs, cfg.confidence_weighting,
+                              class_factors(plan["class_weights"], tr.label_ids, len(labels),
+                                            noise))
     transition = (torch.tensor(noise.transition, dtype=torch.float32)
                   if plan["forward_correction"] and noise is not None else None)
     logger.info("training %s on %d texts, selecting on %d", cfg.model, len(tr.texts), len(va.texts))
@@ -337,16 +333,55 @@ def train_student(
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     model, tokenizer = load_student(cfg.model, labels)
+    trainer = _trainer(model, tokenizer, tr, va, weights, transition, cfg,
+                       ckpt_dir=out_dir.parent / f".{out_dir.name}.checkpoints")
+    peak = measure_peak_gflops() * max(1, trainer.args.world_size)
+    try:
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        trainer.accelerator.wait_for_everyone()
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        record_noise = _describe_noise(noise, plan, cfg, weights)
+        if plan["prior_correction"] and noise is not None:
+            record_noise.update(_correct_prior(trainer, unwrapped, noise))
+        result = _result(trainer, unwrapped, out_dir, tr, seconds, peak, record_noise)
+        if trainer.is_world_process_zero():
+            _save(unwrapped, tokenizer, out_dir, labels, cfg, result, manifest, overwrite)
+        trainer.accelerator.wait_for_everyone()
+    finally:
+        if trainer.args.process_index == 0:
+            shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    return result
+
+
+def _usable_splits(train: pd.DataFrame, validation: pd.DataFrame,
+                   labels: list[str]) -> tuple[TeacherTargets, TeacherTargets]:
+    """The ok rows of each split, checked; a split with none is an error."""
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise DataError(f"the label set {labels} needs at least two distinct labels")
+    tr = teacher_targets(train, labels, "train")
+    va = teacher_targets(validation, labels, "validation")
+    for name, t in (("train", tr), ("validation", va)):
+        if t.skipped:
+            logger.warning("%s: skipped %d rows the teacher did not annotate (status != ok)",
+                           name, t.skipped)
+    if not tr.texts or not va.texts:
+        split = "train" if not tr.texts else "validation"
+        raise DataError(f"the {split} split has no rows annotated ok: nothing to learn from")
+    return tr, va
+
+
+def _trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tr: TeacherTargets,
+             va: TeacherTargets, weights: np.ndarray | None, transition: torch.Tensor | None,
+             cfg: StudentConfig, ckpt_dir: Path) -> DistillationTrainer:
+    """The HF Trainer: epochs evaluated on agreement with the teacher, the best one kept."""
 
     def encode(texts: list[str]) -> dict[str, list]:
         return dict(tokenizer(texts, truncation=True, max_length=cfg.max_length))
 
-    train_ds = _Examples(encode(tr.texts), tr, weights)
-    val_ds = _Examples(encode(va.texts), va)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # The same name on every rank (not the pid): DDP ranks share the checkpoint folder.
-    ckpt_dir = out_dir.parent / f".{out_dir.name}.checkpoints"
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The same checkpoint name on every rank (not the pid): DDP ranks share the folder.
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
@@ -377,13 +412,12 @@ def train_student(
     with args.main_process_first(desc="clear stale checkpoints"):
         if args.process_index == 0:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-
     t_np = None if transition is None else transition.numpy()
-    trainer = DistillationTrainer(
+    return DistillationTrainer(
         model=model,
         args=args,
-        train_dataset=train_ds,
-        eval_dataset=val_ds,
+        train_dataset=_Examples(encode(tr.texts), tr, weights),
+        eval_dataset=_Examples(encode(va.texts), va),
         data_collator=DistillationCollator(tokenizer),
         processing_class=tokenizer,
         compute_metrics=lambda pred: agreement(pred, t_np),
@@ -393,73 +427,68 @@ def train_student(
         label_smoothing=cfg.label_smoothing,
         transition=transition,
     )
-    peak = measure_peak_gflops() * max(1, args.world_size)
-    try:
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
-        trainer.accelerator.wait_for_everyone()
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        epochs_run = float(trainer.state.epoch or 0.0)
-        best = trainer.state.best_metric
-        record_noise = _describe_noise(noise, plan, cfg, weights)
-        if plan["prior_correction"] and noise is not None:
-            logits = trainer.predict(val_ds).predictions
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            model_prior = torch.softmax(torch.as_tensor(logits).float(), -1).mean(0).numpy()
-            shift = prior_shift(noise.gold_prior, model_prior)
-            record_noise["prior_shift"] = np.round(shift, 4).tolist()
-            record_noise["student_prior_on_validation"] = np.round(model_prior, 4).tolist()
-            record_noise["shift_folded_into"] = f"{fold_into_bias(unwrapped, shift)}.bias"
-        tokens = float(np.mean(train_ds.lengths))
-        bound = peak * 1e9 / (6 * non_embedding_parameters(unwrapped) * tokens)
-        result = TrainResult(
-            model_dir=out_dir,
-            used=len(tr.texts),
-            skipped=tr.skipped,
-            best_epoch=_best_epoch(trainer),
-            validation_agreement=math.nan if best is None else float(best),
-            samples_per_second=len(tr.texts) * epochs_run / seconds,
-            train_seconds=seconds,
-            parameters=sum(p.numel() for p in unwrapped.parameters()),
-            flop_bound_samples_per_second=bound,
-            peak_gflops=peak,
-            tokens_per_text=tokens,
-            noise=record_noise,
-        )
-        logger.info(
-            "best epoch %g: validation agreement with the teacher %.3f; %.1f samples/s "
-            "(FLOP bound %.0f at %.0f GFLOP/s)", result.best_epoch, result.validation_agreement,
-            result.samples_per_second, bound, peak,
-        )
-        if trainer.is_world_process_zero():
-            embedded = ASSETS.get(cfg.model)
-            base = embedded.description if embedded and embedded.kind == "student" else cfg.model
-            manifest = {"base_model": base, **(manifest or {})}
-            record = {
-                **manifest,
-                "llmdistill_version": __version__,
-                "labels": labels,
-                "student_config": cfg.model_dump(mode="json"),
-                **result.to_dict(),
-            }
-            card = render_model_card(
-                labels, cfg.model_dump(mode="json"), result.to_dict(), manifest
-            )
-            write_model_folder(unwrapped, tokenizer, out_dir, card, record)
-        trainer.accelerator.wait_for_everyone()
-    finally:
-        if args.process_index == 0:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def _correct_prior(trainer: Trainer, model: PreTrainedModel,
+                   noise: NoiseEstimate) -> dict[str, Any]:
+    """Shift the logits by log gold prior − log the student's validation prior, in the bias."""
+    logits = trainer.predict(trainer.eval_dataset).predictions
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    model_prior = torch.softmax(torch.as_tensor(logits).float(), -1).mean(0).numpy()
+    shift = prior_shift(noise.gold_prior, model_prior)
+    return {"prior_shift": np.round(shift, 4).tolist(),
+            "student_prior_on_validation": np.round(model_prior, 4).tolist(),
+            "shift_folded_into": f"{fold_into_bias(model, shift)}.bias"}
+
+
+def _result(trainer: Trainer, model: PreTrainedModel, out_dir: Path, tr: TeacherTargets,
+            seconds: float, peak: float, noise: dict[str, Any]) -> TrainResult:
+    """What the run produced, with its speed against this CPU's FLOP bound."""
+    tokens = float(np.mean(trainer.train_dataset.lengths))
+    bound = peak * 1e9 / (6 * non_embedding_parameters(model) * tokens)
+    best = trainer.state.best_metric
+    result = TrainResult(
+        model_dir=out_dir,
+        used=len(tr.texts),
+        skipped=tr.skipped,
+        best_epoch=_best_epoch(trainer),
+        validation_agreement=math.nan if best is None else float(best),
+        samples_per_second=len(tr.texts) * float(trainer.state.epoch or 0.0) / seconds,
+        train_seconds=seconds,
+        parameters=sum(p.numel() for p in model.parameters()),
+        flop_bound_samples_per_second=bound,
+        peak_gflops=peak,
+        tokens_per_text=tokens,
+        noise=noise,
+    )
+    logger.info(
+        "best epoch %g: validation agreement with the teacher %.3f; %.1f samples/s "
+        "(FLOP bound %.0f at %.0f GFLOP/s)", result.best_epoch, result.validation_agreement,
+        result.samples_per_second, bound, peak,
+    )
     return result
+
+
+def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+          labels: list[str], cfg: StudentConfig, result: TrainResult,
+          manifest: dict | None, overwrite: bool) -> None:
+    """The model folder with its model card and record (main process only)."""
+    embedded = ASSETS.get(cfg.model)
+    base = embedded.description if embedded and embedded.kind == "student" else cfg.model
+    manifest = {"base_model": base, **(manifest or {})}
+    record = StudentRecord.model_validate({
+        **manifest, "llmdistill_version": __version__, "labels": labels,
+        "student_config": cfg.model_dump(mode="json"), **result.to_dict()})
+    card = render_model_card(labels, record.student_config, result.to_dict(), manifest)
+    write_model_folder(model, tokenizer, out_dir, card, record, overwrite)
 
 
 ANCHOR_OPTIONS = ("prior_correction", "forward_correction")
 
 
-def _noise_estimate(anchor: pd.DataFrame | None, validation: pd.DataFrame, labels: list[str],
-                    cfg: StudentConfig) -> NoiseEstimate | None:
-    """Sample and check the anchor (training rows only), then estimate the teacher's noise."""
+def _anchor_rows(anchor: pd.DataFrame | None, validation: pd.DataFrame,
+                 cfg: StudentConfig) -> pd.DataFrame | None:
+    """Sample and check the anchor: gold-labelled training rows, none of them in validation."""
     if anchor is None or cfg.anchor_size == 0:
         return None
     rows = sample_anchor(anchor, cfg.anchor_size, cfg.seed)
@@ -468,7 +497,7 @@ def _noise_estimate(anchor: pd.DataFrame | None, validation: pd.DataFrame, label
         if leaked:
             raise DataError(f"{len(leaked)} anchor texts are in the validation split: sample "
                             "the anchor from training rows only")
-    return estimate_noise(rows, labels)
+    return rows
 
 
 def _noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None) -> dict[str, Any]:
@@ -492,6 +521,7 @@ def _describe_noise(noise: NoiseEstimate | None, plan: dict, cfg: StudentConfig,
     """The record of what noise handling was used, for the model card and the report."""
     out: dict[str, Any] = {
         "anchor_size": noise.anchor_size if noise else 0,
+        "anchor_targets": cfg.anchor_targets if noise else "teacher",
         **plan,
         "label_smoothing": cfg.label_smoothing,
         "confidence_weighting": cfg.confidence_weighting,
@@ -529,36 +559,15 @@ def write_model_folder(
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     card: str,
-    record: dict[str, Any],
+    record: StudentRecord,
+    overwrite: bool = False,
 ) -> None:
     """Write weights (safetensors), tokenizer, README.md and llmdistill.json, all or nothing."""
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        (tmp / MANIFEST_FILE).write_text(
-            json.dumps(record, indent=2, default=_jsonable) + "\n", encoding="utf-8"
-        )
-        # some writers create private (0600) files; give them all the umask's default mode
-        mode = stat.S_IMODE((tmp / "README.md").stat().st_mode)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                f.chmod(mode)
-        _refuse_existing(out_dir)
-        try:
-            os.replace(tmp, out_dir)
-        except OSError:
-            _refuse_existing(out_dir)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _refuse_existing(out_dir: Path) -> None:
-    if out_dir.exists():
-        raise UsageError(f"{out_dir} exists: pass a new --out or delete it")
+        record.save(tmp)
 
 
 def _best_epoch(trainer: Trainer) -> float:
@@ -567,11 +576,3 @@ def _best_epoch(trainer: Trainer) -> float:
     best = [e for e in evals if e.get("step") == trainer.state.best_global_step]
     chosen = best or evals
     return float(chosen[-1]["epoch"]) if chosen else float(trainer.state.epoch or 0.0)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)

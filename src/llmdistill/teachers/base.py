@@ -8,9 +8,11 @@ sequence is scored instead.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -34,18 +36,31 @@ class Annotation:
 
 
 class Teacher(ABC):
-    """A labeller. `id` and `prompt_hash` key the cache; `info` goes into manifests."""
+    """A labeller: what every backend provides.
+
+    - `id`: the model's identity in the cache key; it must name the whole model (a hub id, a
+      URL plus model, or a file's name plus a content fingerprint), never a bare basename.
+    - `prompt_hash`: identity of everything else that changes answers (prompt, decoding).
+    - `labels`: the label set, in the order of `Annotation.probs`.
+    - `info`: a JSON-able dict for manifests (backend, model, settings).
+    - `prompt`: the rendered `Prompt` for manifests, or None when there is none (replay).
+    """
 
     id: str
     labels: list[str]
     prompt_hash: str
     info: dict
+    prompt: Prompt | None = None
     batch_size: int = 8  # texts per label_probs call: the unit of progress and of commits
     spent: float = 0.0  # dollars so far
 
     def over_budget(self) -> bool:
         """True once a configured spending cap is reached (API teachers)."""
         return False
+
+    def estimate(self, texts: list[str]) -> dict:
+        """--dry-run: what labelling `texts` would cost. Local teachers cost no dollars."""
+        return {"texts": len(texts), "dollars": 0.0, "note": f"{self.id} runs locally"}
 
     @abstractmethod
     def label_probs(self, texts: list[str]) -> list[Annotation]:
@@ -147,3 +162,25 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float64)
     m = logits.max()
     return logits - m - np.log(np.exp(logits - m).sum())
+
+
+def file_fingerprint(path: Path) -> str:
+    """Cheap identity of a model file (size + first and last MiB) for cache keys."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def model_fingerprint(path: Path) -> str:
+    """`file_fingerprint` of a file, or of a model folder: its top-level files' names and
+    fingerprints (what `from_pretrained` reads; subfolders such as checkpoints are not)."""
+    if path.is_file():
+        return file_fingerprint(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+        h.update(f"{f.name}\0{file_fingerprint(f)}\0".encode())
+    return h.hexdigest()[:12]

@@ -6,7 +6,6 @@ back to it after each text.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,37 @@ import torch
 
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import TeacherError
-from llmdistill.teachers.base import PrefixScorer
+from llmdistill.teachers.base import PrefixScorer, model_fingerprint
 from llmdistill.teachers.prompts import render_prompt
+from llmdistill.teachers.registry import TeacherRequest
+
+
+def from_spec(request: TeacherRequest) -> HFTeacher:
+    """`hf:ID_OR_PATH` → a transformers teacher (a hub id, a model folder or a GGUF file)."""
+    return HFTeacher(request.target, request.labels, request.demos, request.cfg)
+
+
+def hf_teacher_id(model_id: str) -> str:
+    """The cache identity of `hf:MODEL_ID`, computed without loading the model.
+
+    A local file or folder: `hf:NAME@FINGERPRINT` (its name plus a fingerprint of its content,
+    so two folders called `model` differ and a moved copy keeps its cache). A hub id: the whole
+    id, `hf:ORG/NAME`, so `a/m` and `b/m` differ.
+    """
+    path = Path(model_id)
+    if path.exists():
+        return f"hf:{path.resolve().name}@{model_fingerprint(path)}"
+    return f"hf:{model_id.strip().rstrip('/')}"
 
 
 class HFTeacher(PrefixScorer):
-    """Label scoring with `AutoModelForCausalLM`; `trust_remote_code` is never enabled."""
+    """Label scoring with `AutoModelForCausalLM`; `trust_remote_code` is never enabled.
+
+    `teacher_id` overrides the cache identity (default `hf_teacher_id(model_id)`).
+    """
 
     def __init__(self, model_id: str, labels: list[str], demos: list[dict],
-                 cfg: TeacherConfig) -> None:
+                 cfg: TeacherConfig, teacher_id: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.cache_utils import DynamicCache
 
@@ -51,8 +72,7 @@ class HFTeacher(PrefixScorer):
         self._cache_cls = DynamicCache
         self._cache = DynamicCache()
         self._n = 0
-        name = os.path.basename(model_id.rstrip("/"))
-        self.id = f"hf:{name}"
+        self.id = teacher_id or hf_teacher_id(model_id)
         self.info = {"backend": "transformers", "model": model_id, "dtype": "float32",
                      "decoding": "label scoring: next-token probabilities, no sampling",
                      "parameters": sum(p.numel() for p in self.model.parameters())}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
 from pathlib import Path
 
@@ -12,22 +11,25 @@ import numpy as np
 
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import TeacherError
-from llmdistill.teachers.base import PrefixScorer, log_softmax
+from llmdistill.teachers.base import PrefixScorer, file_fingerprint, log_softmax
 from llmdistill.teachers.prompts import render_prompt
+from llmdistill.teachers.registry import TeacherRequest
+
+__all__ = ["LlamaCppTeacher", "file_fingerprint", "from_spec"]
 
 
-def file_fingerprint(path: Path) -> str:
-    """Cheap identity of a model file (size + first and last MiB) for cache keys."""
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:12]
+def from_spec(request: TeacherRequest) -> LlamaCppTeacher:
+    """`llamacpp:PATH.gguf` → a teacher named by the file's stem (its id adds a fingerprint)."""
+    path = Path(request.target).expanduser()
+    return LlamaCppTeacher(path, path.stem, request.labels, request.demos, request.cfg)
 
 
 class LlamaCppTeacher(PrefixScorer):
-    """Label scoring with a GGUF model; the KV cache of the shared prefix is kept and reused."""
+    """Label scoring with a GGUF model; the KV cache of the shared prefix is kept and reused.
+
+    Its id is `llamacpp:NAME@FINGERPRINT`: the fingerprint (size, first and last MiB) tells
+    apart two files of the same name, and the same file at another path keeps its cache.
+    """
 
     def __init__(self, model_path: Path, name: str, labels: list[str], demos: list[dict],
                  cfg: TeacherConfig) -> None:

@@ -28,6 +28,7 @@ from llmdistill.config import ApiConfig, TeacherConfig
 from llmdistill.errors import TeacherError
 from llmdistill.teachers.base import Annotation, Teacher
 from llmdistill.teachers.prompts import Prompt, build_messages, system_message
+from llmdistill.teachers.registry import TeacherRequest
 
 # $ per million input / output tokens, list prices on 2026-11-01; override in the config.
 PRICES: dict[str, tuple[float, float]] = {
@@ -54,6 +55,12 @@ def parse_openai_spec(target: str) -> tuple[str, str]:
     if urlparse(url).scheme not in ("http", "https"):
         raise TeacherError(f"base URL {url!r} is not http(s): use openai:MODEL@http://HOST:PORT/v1")
     return model, url.rstrip("/")
+
+
+def from_spec(request: TeacherRequest) -> OpenAITeacher:
+    """`openai:MODEL@BASE_URL` → a teacher; a dry run skips the preflight (sends nothing)."""
+    return OpenAITeacher(request.target, request.labels, request.demos, request.cfg,
+                         preflight=not request.dry_run)
 
 
 def is_loopback(url: str) -> bool:

@@ -28,7 +28,7 @@ import pandas as pd
 from llmdistill.data import clean_text, read_frame, text_hash
 from llmdistill.errors import TeacherError
 from llmdistill.teachers.base import Annotation, Teacher
-from llmdistill.teachers.prompts import Prompt
+from llmdistill.teachers.registry import TeacherRequest
 
 NOT_IN_FILE = "not in replay file"
 CONFLICT = "conflicting rows in replay file"
@@ -68,6 +68,11 @@ def parse_replay_target(target: str) -> ReplaySpec:
                       opts["text"][0].strip() if "text" in opts else "text")
 
 
+def from_spec(request: TeacherRequest) -> ReplayTeacher:
+    """`replay:PATH#COLUMN[?...]` → a teacher answering from that file (demos are unused)."""
+    return ReplayTeacher(request.target, request.labels)
+
+
 def normalise_label(value: str) -> str:
     """Case and whitespace only: ' Neutral\\n' → 'neutral'."""
     return " ".join(str(value).split()).lower()
@@ -91,7 +96,7 @@ class ReplayTeacher(Teacher):
                                "that order")
         frame, digest = _read(self.spec)
         self._answers, conflicts = self._index(frame)
-        self.prompt = Prompt(prefix="", suffix="", demos=[])
+        self.prompt = None  # no model is prompted
         settings = {"label_column": self.spec.label_column,
                     "prob_columns": list(self.spec.prob_columns),
                     "rationale_column": self.spec.rationale_column,
