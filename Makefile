@@ -32,9 +32,12 @@ $(CHROMIUM):
 demo: $(STAMP)
 	$(BIN)/llmdistill run
 
+# Tests run in a random order (pytest-randomly); the seed is in the command make prints, so a
+# failing order replays with `make test SEED=N`.
+SEED ?= $(shell od -An -N3 -tu4 /dev/urandom | tr -d ' ')
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --randomly-seed=$(SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -26,6 +26,12 @@ def csv(tmp_path):
     (["run", "--config", "{tmp}/nope.yaml"], "config file"),
     (["train", "--annotations", "{csv}", "--out", "{tmp}/m"], "not an annotation Parquet"),
     (["predict", "--student", "{tmp}"], "no texts"),
+    (["predict", "--student", "{tmp}/nope", "hello"], "no such student folder"),
+    (["predict", "--student", "{csv}", "hello"], "is a file, not a student folder"),
+    (["predict", "--student", "{tmp}", "hello"], "has no config.json"),
+    (["serve", "{tmp}/nope"], "no such student folder"),
+    (["export", "{tmp}/nope"], "no such student folder"),
+    (["run", "--quick", "--full"], "contradict"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_traceback(tmp_path, csv, args, message):
     args = [a.format(csv=csv, tmp=tmp_path) for a in args]
@@ -53,3 +59,16 @@ def test_help_lists_the_pipeline_commands():
     assert r.returncode == 0
     for cmd in ("run", "annotate", "train", "evaluate", "predict"):
         assert cmd in r.stdout
+
+
+def test_a_student_folder_without_its_tokenizer_names_the_missing_files(tmp_path,
+                                                                       tiny_student_dir):
+    import shutil
+
+    folder = tmp_path / "student"
+    shutil.copytree(tiny_student_dir, folder)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (folder / f).unlink(missing_ok=True)
+    r = cli("predict", "--student", str(folder), "hello")
+    assert r.returncode == 2 and "has no tokenizer files" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "sentencepiece" not in r.stderr

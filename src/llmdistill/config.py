@@ -174,6 +174,19 @@ class ServeConfig(_Strict):
         description="cascade thresholds the report's coverage/accuracy/cost curve shows")
 
 
+class EngineConfig(_Strict):
+    """Where annotation and batch prediction run: this process, or a Ray cluster."""
+
+    name: Literal["local", "ray"] = Field("local", description="local: one process; ray: "
+                                                                "replicas on a Ray cluster")
+    address: str | None = Field(None, description="Ray cluster address (ray://HOST:10001 or "
+                                                  "HOST:6379); None starts a local cluster")
+    replicas: int = Field(2, ge=1, description="teacher or student replicas (Ray actors)")
+    cpus_per_replica: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per replica; "
+                                                             "also its thread count")
+    max_restarts: int = Field(3, ge=0, description="times Ray restarts a replica that died")
+
+
 class RunConfig(_Strict):
     """A whole run: data → teacher → student → evaluation."""
 
@@ -186,6 +199,7 @@ class RunConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @field_validator("out", mode="before")
     @classmethod

@@ -553,20 +553,14 @@ def app_from_folder(student_dir: Path, cfg: ServeConfig, run_cfg: Any | None = N
 
 def load_cascade_teacher(spec: str, labels: list[str], run_cfg: Any, demos: str | None) -> Any:
     """`load_teacher` with few-shot demos drawn as `annotate` draws them."""
-    from llmdistill import data as data_mod
+    from llmdistill.annotate import demos_for
     from llmdistill.config import TWEET_LABELS
     from llmdistill.teachers import load_teacher
-    from llmdistill.teachers.prompts import pick_demos
 
     if demos is None and sorted(labels) == sorted(TWEET_LABELS):
         demos = "tweets:train"
-    rows: list[dict] = []
-    if demos:
-        frame, _ = data_mod.resolve(demos, run_cfg.data)
-        if "label" not in frame.columns:
-            raise UsageError(f"--demos {demos} has no label column: give labelled data")
-        rows = pick_demos(frame, labels, run_cfg.teacher.n_demos, run_cfg.teacher.demo_seed)
-    else:
+    if demos is None:
         logger.warning("cascade teacher %s runs zero-shot: pass --demos DATA for few-shot "
                        "demonstrations (they matter for accuracy)", spec)
+    rows = demos_for(demos, labels, run_cfg.teacher, run_cfg.data)
     return load_teacher(spec, labels, rows, run_cfg.teacher, run_cfg.resolved_cache_dir())

@@ -164,7 +164,8 @@ def export_student(
     return ExportResult(out_dir=final, record=record)
 
 
-def export_onnx(classifier: StudentClassifier, path: Path, opset: int = 17) -> None:
+def export_onnx(classifier: StudentClassifier, path: Path,
+                opset: int = ExportConfig().opset) -> None:
     """Trace the PyTorch model into ONNX with dynamic batch and sequence axes."""
     import torch
 
