@@ -7,7 +7,7 @@ each model on the validation split's gold labels (dev: the only gold that choose
 test split's gold (reported, never used to choose). The teacher's row is its own labels.
 
     .venv/bin/python bench/demo_options.py runs/demo --seeds 3 \
-        --options default,anchor-gold,epochs10,anchor-gold+epochs10
+        --options anchor-teacher,anchor-gold,epochs10
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import pandas as pd
 
 OPTIONS: dict[str, dict] = {
     "default": {},
+    "anchor-teacher": {"anchor_targets": "teacher"},
     "anchor-gold": {"anchor_targets": "gold"},
     "epochs10": {"epochs": 10},
-    "anchor-gold+epochs10": {"anchor_targets": "gold", "epochs": 10},
-    "kd-only": {"class_weights": "none", "prior_correction": False},
+    "kd-only": {"class_weights": "none", "prior_correction": False,
+                "anchor_targets": "teacher"},
 }
 
 
@@ -64,7 +65,7 @@ def accuracy(pred: list[str], gold: pd.Series) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a run folder with annotations.parquet")
-    ap.add_argument("--options", default="default,anchor-gold")
+    ap.add_argument("--options", default="anchor-teacher,anchor-gold")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)

@@ -22,6 +22,7 @@ from llmdistill.student.noise import (
     fold_into_bias,
     prior_shift,
     sample_anchor,
+    with_gold_targets,
 )
 from llmdistill.student.predict import StudentClassifier
 from llmdistill.student.train import LengthGroupedBatches, train_student
@@ -194,8 +195,8 @@ def test_prior_correction_is_folded_into_the_saved_model(tiny_bert_dir, toy_anno
     flip = (train["gold"] == "neutral") & (np.arange(len(train)) % 3 != 0)
     train.loc[flip, ["label", "prob_neutral", "prob_positive"]] = ["positive", 0.1, 0.8]
     out = tmp_path / "s"
-    result = train_student(train, validation, LABELS, tiny_cfg(tiny_bert_dir), out,
-                           anchor=train)
+    cfg = tiny_cfg(tiny_bert_dir).model_copy(update={"anchor_targets": "teacher"})
+    result = train_student(train, validation, LABELS, cfg, out, anchor=train)
     noise = result.noise
     assert noise["anchor_size"] == 60 and noise["prior_correction"]
     assert noise["shift_folded_into"] == "classifier.bias"
@@ -239,3 +240,20 @@ def test_an_anchor_overlapping_validation_is_refused(tiny_bert_dir, toy_annotati
     with pytest.raises(DataError, match="training rows only"):
         train_student(train, validation, LABELS, tiny_cfg(tiny_bert_dir, anchor_size=75),
                       tmp_path / "s", anchor=pd.concat([train, validation]))
+
+
+def test_anchor_rows_train_on_their_gold_label_and_the_rest_on_the_teacher(toy_annotations):
+    frame = toy_annotations(30, seed=6)
+    frame["gold"] = frame["label"].map({"negative": "positive", "neutral": "neutral",
+                                        "positive": "negative"})  # a teacher that is wrong
+    anchor = sample_anchor(frame, 9, seed=0)
+    before = frame.copy()
+    out = with_gold_targets(frame, anchor, LABELS)
+    cols = [f"prob_{lab}" for lab in LABELS]
+    is_anchor = out["id"].isin(anchor["id"])
+    assert is_anchor.sum() == 9
+    assert (out.loc[is_anchor, "label"] == out.loc[is_anchor, "gold"]).all()
+    hot = out.loc[is_anchor, cols].to_numpy()
+    assert set(np.unique(hot)) == {0.0, 1.0} and (hot.sum(axis=1) == 1).all()
+    pd.testing.assert_frame_equal(out.loc[~is_anchor], frame.loc[~is_anchor])
+    pd.testing.assert_frame_equal(frame, before)  # the caller's frame is not modified

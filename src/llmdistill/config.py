@@ -102,8 +102,8 @@ class StudentConfig(_Strict):
                              description="gold-labelled training rows that measure the teacher's "
                                          "confusion; 0: none")
     anchor_targets: Literal["teacher", "gold"] = Field(
-        "teacher", description="what the anchor rows train on: the teacher's probabilities, or "
-                               "their gold label (one-hot)")
+        "gold", description="what the anchor rows train on: their gold label (one-hot), or the "
+                            "teacher's probabilities (chosen on the seed's dev split)")
     prior_correction: bool = Field(True, description="shift logits by log gold prior (anchor) "
                                                      "− log student prior; folded into the bias")
     forward_correction: bool = Field(False, description="train softmax(logits) @ confusion "
