@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,11 @@ from rich.progress import (
 
 from llmdistill import __version__
 from llmdistill.config import DataConfig, TeacherConfig
-from llmdistill.data import text_hash
-from llmdistill.errors import UsageError
+from llmdistill.data import resolve, text_hash
+from llmdistill.errors import TeacherError, UsageError
 from llmdistill.files import atomic_path, refuse_existing
 from llmdistill.teachers import Annotation, Teacher
+from llmdistill.teachers.prompts import pick_demos
 
 MANIFEST_KEY = b"llmdistill.manifest"
 
@@ -69,15 +70,25 @@ class AnnotationCache:
                                     mass, raw, tokens or 0, cost or 0.0)
         return out
 
+    def put_many(self, teacher: str, prompt_hash: str,
+                 items: Iterable[tuple[str, Annotation]]) -> None:
+        """Commit a batch of (text hash, annotation) in one transaction: all or none of it."""
+        with self.db:
+            for h, a in items:
+                self._put(teacher, prompt_hash, h, a)
+
     def put(self, teacher: str, prompt_hash: str, h: str, a: Annotation) -> None:
         with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [teacher, prompt_hash, h, a.status, json.dumps(a.probs) if a.probs else None,
-                 a.label_mass, a.seconds, a.tokens, a.raw, time.time()])
-            if a.cost:
-                self.db.execute("INSERT OR REPLACE INTO costs VALUES (?,?,?,?)",
-                                [teacher, prompt_hash, h, a.cost])
+            self._put(teacher, prompt_hash, h, a)
+
+    def _put(self, teacher: str, prompt_hash: str, h: str, a: Annotation) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [teacher, prompt_hash, h, a.status, json.dumps(a.probs) if a.probs else None,
+             a.label_mass, a.seconds, a.tokens, a.raw, time.time()])
+        if a.cost:
+            self.db.execute("INSERT OR REPLACE INTO costs VALUES (?,?,?,?)",
+                            [teacher, prompt_hash, h, a.cost])
 
     def close(self) -> None:
         self.db.close()
@@ -94,36 +105,73 @@ class BudgetReached(UsageError):
     """The spending cap was reached; everything labelled so far is in the cache."""
 
 
+Labelled = tuple[list[str], list[Annotation]]
+"""One finished batch: its text hashes and their annotations, in the same order."""
+
+Labeller = Callable[[list[tuple[str, str]]], Iterable[Labelled]]
+"""An engine: given the (text hash, text) pairs to label, yields batches as they finish.
+
+It checks `teacher.over_budget()` before sending each batch and stops sending once it is true.
+`label_in_process` is the one-process engine; `llmdistill.scale.annotate.RayTeacher.label_stream`
+runs replicas on a Ray cluster. Either way `annotate` alone commits what comes back.
+"""
+
+
+def label_in_process(teacher: Teacher, todo: list[tuple[str, str]]) -> Iterator[Labelled]:
+    """The local engine: `teacher.batch_size` texts per `label_probs` call, in order."""
+    for i in range(0, len(todo), teacher.batch_size):
+        if teacher.over_budget():
+            return
+        batch = todo[i:i + teacher.batch_size]
+        yield [h for h, _ in batch], teacher.label_probs([t for _, t in batch])
+
+
+def commit_batches(batches: Iterable[Labelled], teacher: Teacher, cache: AnnotationCache,
+                   done: dict[str, Annotation], total: int, description: str) -> int:
+    """Commit each batch to the cache the moment it arrives, with a progress bar (rate, ETA).
+
+    The one commit path of every engine. Committing is idempotent (the cache key is teacher,
+    prompt hash, text hash), so a batch delivered twice is stored once. Returns how many of the
+    `total` texts were committed.
+    """
+    committed: set[str] = set()
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total, rate="")
+        start = time.perf_counter()
+        for hashes, anns in batches:
+            cache.put_many(teacher.id, teacher.prompt_hash, zip(hashes, anns, strict=True))
+            done.update(zip(hashes, anns, strict=True))
+            committed.update(hashes)
+            rate = len(committed) / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=len(committed), rate=f"{rate:.2f} texts/s")
+    return len(committed)
+
+
 def annotate(frame: pd.DataFrame, teacher: Teacher, cache: AnnotationCache,
-             retry_failed: bool = False, description: str = "annotating") -> pd.DataFrame:
+             retry_failed: bool = False, description: str = "annotating",
+             labeller: Labeller | None = None) -> pd.DataFrame:
     """Label every text in `frame` (columns id, text, optional label/split) with `teacher`.
 
     Returns the frame with the teacher's label, per-class probabilities and status per row.
     Texts already in the cache are not labelled again (non-ok ones too, unless retry_failed).
+    `labeller` is the engine that runs the teacher (default: `label_in_process`).
     Raises BudgetReached when the teacher's spending cap stops the run early.
     """
-    batch_size = teacher.batch_size
     hashes = frame["text"].map(text_hash)
     unique = dict(zip(hashes, frame["text"], strict=True))
     done = cache.get(teacher.id, teacher.prompt_hash, unique)
-    todo = [h for h in unique if h not in done or (retry_failed and done[h].status != "ok")]
+    todo = [(h, unique[h]) for h in unique
+            if h not in done or (retry_failed and done[h].status != "ok")]
     if todo:
-        with progress_bar() as bar:
-            task = bar.add_task(description, total=len(todo), rate="")
-            start = time.perf_counter()
-            for i in range(0, len(todo), batch_size):
-                if teacher.over_budget():
-                    raise BudgetReached(
-                        f"spent ${teacher.spent:.4f}, the cap, after {i} of {len(todo)} new "
-                        "texts; they are cached: rerun with a higher max_cost to continue")
-                batch = todo[i:i + batch_size]
-                for h, ann in zip(batch, teacher.label_probs([unique[h] for h in batch]),
-                                  strict=True):
-                    cache.put(teacher.id, teacher.prompt_hash, h, ann)
-                    done[h] = ann
-                n = min(i + batch_size, len(todo))
-                rate = n / max(time.perf_counter() - start, 1e-9)
-                bar.update(task, completed=n, rate=f"{rate:.2f} texts/s")
+        batches = labeller(todo) if labeller else label_in_process(teacher, todo)
+        n = commit_batches(batches, teacher, cache, done, len(todo), description)
+        if n < len(todo) and teacher.over_budget():
+            raise BudgetReached(
+                f"spent ${teacher.spent:.4f}, the cap, after {n} of {len(todo)} new texts; "
+                "they are cached: rerun with a higher max_cost to continue")
+        if n < len(todo):
+            raise TeacherError(f"the teacher's engine returned {n} of {len(todo)} texts: rerun "
+                               f"to label the rest (those {n} are cached)")
     return to_frame(frame, hashes, done, teacher)
 
 
@@ -193,15 +241,14 @@ def demos_for(source: str | pd.DataFrame | None, labels: list[str], cfg: Teacher
     `source` is labelled training data: a frame, or a DATA spec (file or embedded split) read
     with `data_cfg`; None gives no demos (zero-shot).
     """
-    from llmdistill.data import resolve
-    from llmdistill.teachers.prompts import pick_demos
-
     if source is None:
         return []
     if isinstance(source, str):
-        source, _ = resolve(source, data_cfg)
-        if "label" not in source.columns:
-            raise UsageError("the demo data has no label column: give labelled data for demos")
+        frame, _ = resolve(source, data_cfg)
+        if "label" not in frame.columns:
+            raise UsageError(f"the demo data {source} has no label column: give labelled data "
+                             "for demos (--demos)")
+        source = frame
     return pick_demos(source, labels, cfg.n_demos, cfg.demo_seed)
 
 

@@ -40,13 +40,40 @@ def _config(path: Path | None, text_column: str | None = None,
     return cfg
 
 
+def _engine_flags(cfg: RunConfig, engine: str | None, ray_address: str | None,
+                  replicas: int | None) -> None:
+    """Apply --engine, --ray-address and --replicas to `cfg.engine`; a bad value is one line."""
+    from pydantic import ValidationError
+
+    flags = {"name": engine, "address": ray_address, "replicas": replicas}
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        cfg.engine = cfg.engine.model_validate(cfg.engine.model_dump() | given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = {"name": "engine", "address": "ray-address"}.get(str(first["loc"][0]),
+                                                                 str(first["loc"][0]))
+        raise UsageError(f"--{flag} {first['input']}: {first['msg'][0].lower()}"
+                         f"{first['msg'][1:]}") from None
+    if cfg.engine.name != "ray" and (ray_address is not None or replicas is not None):
+        raise UsageError("--ray-address and --replicas apply to the Ray engine: add --engine ray")
+
+
 @app.command()
 def run(config: ConfigOpt = None,
         quick_run: Annotated[bool, typer.Option("--quick", help="smollm2-135m, few hundred "
                                                 "tweets: a look in minutes.")] = False,
         full_run: Annotated[bool, typer.Option("--full", help="1,200/200/600 tweets instead of "
                                                "the demo's 500/100/300 (≈ 45 min).")] = False,
-        out: Annotated[Path | None, typer.Option(help="Run folder.")] = None) -> None:
+        out: Annotated[Path | None, typer.Option(help="Run folder.")] = None,
+        engine: Annotated[str | None, typer.Option(
+            help="Where the teacher runs: local (this process) or ray (replicas on a Ray "
+                 "cluster). Default: engine.name in the config, else local.")] = None,
+        ray_address: Annotated[str | None, typer.Option(
+            help="Ray cluster to join (HOST:6379 or ray://HOST:10001; default $RAY_ADDRESS, "
+                 "else a local cluster).")] = None,
+        replicas: Annotated[int | None, typer.Option(
+            help="Teacher replicas on Ray (default 2).")] = None) -> None:
     """The whole pipeline: annotate, train, evaluate, report. No arguments: the embedded demo."""
     from llmdistill import pipeline
 
@@ -55,6 +82,7 @@ def run(config: ConfigOpt = None,
     cfg = load_config(config, base=quick() if quick_run else full() if full_run else None)
     if out:
         cfg.out = out
+    _engine_flags(cfg, engine, ray_address, replicas)
     pipeline.run(cfg)
 
 
@@ -72,6 +100,15 @@ def annotate_cmd(
                                                "nothing.")] = False,
     max_cost: Annotated[float | None, typer.Option(help="Stop cleanly at this many dollars; "
                                                         "a rerun resumes.")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="Where the teacher runs: local (this process) or ray (replicas on a Ray cluster; "
+             "this process alone writes the cache). Default: engine.name in the config, else "
+             "local.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (HOST:6379 or ray://HOST:10001; default $RAY_ADDRESS, else "
+             "a local cluster).")] = None,
+    replicas: Annotated[int | None, typer.Option(
+        help="Teacher replicas on Ray (default 2).")] = None,
     config: ConfigOpt = None, text_column: TextCol = None, label_column: LabelCol = None,
 ) -> None:
     """Label texts with a teacher LLM: per-class probabilities, cached and resumable."""
@@ -84,6 +121,7 @@ def annotate_cmd(
         cfg.teacher.spec = teacher
     if max_cost is not None:
         cfg.teacher.api.max_cost = max_cost
+    _engine_flags(cfg, engine, ray_address, replicas)
     if not dry_run:
         refuse_existing(out)
     frame, labels = data_mod.resolve(data, cfg.data)
@@ -105,7 +143,8 @@ def annotate_cmd(
         print(json.dumps(est, indent=2))
         return
     table, manifest = pipeline.annotate_texts(frame, labels, demo_rows, cfg.teacher,
-                                              cfg.resolved_cache_dir(), retry_failed)
+                                              cfg.resolved_cache_dir(), retry_failed,
+                                              engine=cfg.engine)
     write_annotations(table, out, manifest)
     err.print(f"wrote {out} ({len(table)} rows)")
 
@@ -188,6 +227,16 @@ def predict(
                                                           "student.inference_batch_size).")
                           ] = None,
     text_column: TextCol = None,
+    engine: Annotated[str | None, typer.Option(
+        help="local (this process; the default) or ray: student replicas on a Ray cluster, "
+             "reading --input (a file or a folder of shards) and writing Parquet shards to the "
+             "--out folder.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster (HOST:6379 or ray://HOST:10001; default $RAY_ADDRESS, else a new "
+             "local cluster).")] = None,
+    replicas: Annotated[int | None, typer.Option(
+        help="Student replicas (Ray actors) for --engine ray (default engine.replicas).")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Classify texts: label and probabilities per text, batched by length."""
     from llmdistill.student.predict import (
@@ -198,10 +247,17 @@ def predict(
         write_predictions,
     )
 
+    cfg = _config(config, text_column)
+    _engine_flags(cfg, engine, ray_address, replicas)
+    if cfg.engine.name == "ray":
+        _predict_on_ray(cfg, student, texts, input, out, backend, batch_size)
+        return
+    if ray_address is not None or replicas is not None:
+        raise UsageError("--ray-address and --replicas apply to the Ray engine: add --engine ray")
     if out:
         check_output(out)
     if input:
-        frame = read_texts(input, text_column or "text")
+        frame = read_texts(input, cfg.data.text_column)
         ids, rows = frame["id"].tolist(), frame["text"].tolist()
     elif texts:
         rows = list(texts)
@@ -219,6 +275,24 @@ def predict(
     for r in records:
         print(json.dumps({"text": r["text"], "label": r["label"], "probs": r["probs"]},
                          ensure_ascii=False))
+
+
+def _predict_on_ray(cfg: RunConfig, student: Path, texts: list[str] | None, input: str | None,
+                    out: Path | None, backend: str, batch_size: int | None) -> None:
+    """`predict --engine ray`: flags checked here, the work in `scale_predict.predict_on_ray`."""
+    from llmdistill.scale_predict import predict_on_ray
+
+    if texts:
+        raise UsageError("--engine ray reads --input, not TEXT arguments: put the texts in a "
+                         "file or drop --engine ray")
+    if not input or out is None:
+        raise UsageError("--engine ray needs --input DATA (a file or a folder of shards) and "
+                         "--out FOLDER (new): pass both")
+    result = predict_on_ray(student, input, out, cfg.engine, text_column=cfg.data.text_column,
+                            backend=backend, batch_size=batch_size)
+    err.print(f"wrote {result.out} ({result.rows} texts from {result.inputs} input file(s) in "
+              f"{result.shards} Parquet shard(s), {result.replicas} replica(s), backend "
+              f"{result.backend})", highlight=False)
 
 
 @app.command("export")
@@ -320,7 +394,12 @@ def serve_cmd(
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        # typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns Exit's code
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UsageError as e:
         if _state["debug"]:
             raise

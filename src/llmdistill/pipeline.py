@@ -23,7 +23,13 @@ from llmdistill.annotate import (
     write_annotations,
 )
 from llmdistill.cascade import curve_for_report
-from llmdistill.config import EvaluateConfig, RunConfig, StudentConfig, TeacherConfig
+from llmdistill.config import (
+    EngineConfig,
+    EvaluateConfig,
+    RunConfig,
+    StudentConfig,
+    TeacherConfig,
+)
 from llmdistill.data import frame_hash, load_dataset, text_hash
 from llmdistill.errors import UsageError
 from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
@@ -37,15 +43,32 @@ console = Console(stderr=True)
 
 
 def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
-                   cfg: TeacherConfig, cache_dir: Path, retry_failed: bool = False
-                   ) -> tuple[pd.DataFrame, dict]:
-    """Label `frame` with the configured teacher; returns the table and its manifest."""
-    teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
+                   cfg: TeacherConfig, cache_dir: Path, retry_failed: bool = False,
+                   engine: EngineConfig | None = None) -> tuple[pd.DataFrame, dict]:
+    """Label `frame` with the configured teacher; returns the table and its manifest.
+
+    `engine.name == "ray"`: the teacher runs as `engine.replicas` Ray actors and this process
+    alone commits their answers (llmdistill.scale.annotate); the cache, ledger, budget and
+    manifest are those of a one-process run, plus the manifest's `engine` record.
+    """
+    engine = engine or EngineConfig()
+    labeller = None
+    if engine.name == "ray":
+        from llmdistill.scale.annotate import RayTeacher
+
+        start = time.perf_counter()
+        teacher = RayTeacher(cfg.spec, labels, demos, cfg, cache_dir, engine)
+        labeller = teacher.label_stream
+        console.print(f"{engine.replicas} replicas of {cfg.spec} ready on Ray "
+                      f"({teacher.engine_info['address']}) in "
+                      f"{time.perf_counter() - start:.1f} s")
+    else:
+        teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
     cache = AnnotationCache(cache_dir / "annotations.sqlite")
     try:
         start = time.perf_counter()
         table = annotate(frame, teacher, cache, retry_failed=retry_failed,
-                         description=f"annotating with {cfg.spec}")
+                         description=f"annotating with {cfg.spec}", labeller=labeller)
         wall = time.perf_counter() - start
     finally:
         cache.close()
@@ -69,6 +92,8 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
         "dollars": float(table["cost"].sum()),
         "dollars_per_1000": float(table["cost"].sum()) / max(len(table), 1) * 1000,
     }
+    if engine.name == "ray":
+        manifest["engine"] = teacher.engine_info
     return table, manifest
 
 
@@ -221,7 +246,8 @@ def run(cfg: RunConfig) -> dict:
                   f"labels {labels}; {len(demos)} demos from train")
 
     console.rule("2/4 teacher")
-    table, manifest = annotate_texts(frame, labels, demos, cfg.teacher, cache_dir)
+    table, manifest = annotate_texts(frame, labels, demos, cfg.teacher, cache_dir,
+                                     engine=cfg.engine)
     manifest["data"] = ds.manifest
     write_annotations(table, out / "annotations.parquet", manifest, overwrite=True)
 
