@@ -143,9 +143,15 @@ def test_two_replicas_match_one_process_and_survive_a_killed_replica(
 
 def stop_midway(args: list[str], env: dict, db: Path, sig: signal.Signals,
                 after_rows: int) -> tuple[int, str]:
-    """Start a CLI driver, send it `sig` once the cache holds `after_rows` rows."""
+    """Start a CLI driver, send it `sig` once the cache holds `after_rows` rows.
+
+    The driver starts with SIGINT at its default, as under a terminal: an ignored SIGINT is
+    inherited across exec, and some earlier test in the same pytest process may have left it
+    ignored (then Python installs no KeyboardInterrupt handler and Ctrl-C does nothing).
+    """
     proc = subprocess.Popen([sys.executable, "-m", "llmdistill.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     while len(cached_rows(db)) < after_rows and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
