@@ -125,3 +125,42 @@ def test_run_does_the_whole_pipeline_and_a_rerun_reuses_everything(tmp_path, env
     assert len(demos) == 3
     preds = pd.read_parquet(tmp_path / "run" / "predictions.parquet")
     assert not set(demos) & set(preds["id"]), "demos must not be evaluated"
+
+
+def test_run_with_two_teachers_a_label_model_and_a_review_round_trip(tmp_path, env):
+    """Two teachers (the same model with other demos) → stacked label model, confident learning,
+    one self-training round; then `review` and the reviewed labels back as the anchor."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"out: {tmp_path / 'run'}\n"
+                   "data: {max_train: 60, max_validation: 20, max_test: 30}\n"
+                   "teacher: {spec: smollm2-135m, n_demos: 3}\n"
+                   "teachers: [{demo_seed: 7}, {demo_seed: 8}]\n"
+                   "label_model: {method: dawid_skene, calibration: temperature}\n"
+                   "confident: {action: downweight, folds: 3}\n"
+                   "self_training: {rounds: 1, max_pool: 40, threshold: 0.0}\n"
+                   "student: {epochs: 1, batch_size: 16, anchor_size: 30}\n"
+                   "evaluate: {bootstrap: 200, speed_texts: 32}\n")
+    cli("run", "--config", str(cfg), env=env)
+    store = pd.read_parquet(tmp_path / "run" / "annotations.parquet")
+    assert {"t0_status", "t1_status", "t0_prob_neutral", "t1_label", "entropy"} <= set(store)
+    ok = store["status"] == "ok"
+    assert ok.any()
+    sums = store.loc[ok, ["prob_negative", "prob_neutral", "prob_positive"]].sum(axis=1)
+    assert (sums - 1).abs().max() < 1e-6
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    rows = metrics["teachers"]["rows"]
+    assert len(rows) == 2 and metrics["teachers"]["label_model"]["method"] == "dawid_skene"
+    assert "Teachers and the label model" in (tmp_path / "run" / "report.md").read_text()
+    assert "Teachers and the label model" in (tmp_path / "run" / "report.html").read_text()
+
+    cli("review", str(tmp_path / "run"), "--k", "12", env=env)
+    review = pd.read_csv(tmp_path / "run" / "review" / "review.csv", dtype=str)
+    assert len(review) == 12
+    assert not set(review["id"]) & set(store.loc[store["split"] != "train", "id"])
+    gold = dict(zip(store["id"], store["gold"], strict=True))
+    review["label"] = review["id"].map(gold)
+    review.to_csv(tmp_path / "reviewed.csv", index=False)
+    cli("run", "--config", str(cfg), "--out", str(tmp_path / "run2"),
+        "--anchor", str(tmp_path / "reviewed.csv"), env=env)
+    manifest = json.loads((tmp_path / "run2" / "metrics.json").read_text())["teachers"]
+    assert manifest["anchor"]["rows"] == 12

@@ -199,6 +199,69 @@ def to_frame(frame: pd.DataFrame, hashes: pd.Series, done: dict[str, Annotation]
     return out
 
 
+def teacher_columns(i: int, labels: list[str]) -> dict[str, str]:
+    """The store's columns of teacher `i` (0-based): label, status and one probability per label."""
+    cols = {"label": f"t{i}_label", "status": f"t{i}_status"}
+    return cols | {f"prob_{lab}": f"t{i}_prob_{lab}" for lab in labels}
+
+
+def teacher_count(store: pd.DataFrame) -> int:
+    """How many teachers' columns the store holds (0 for a store of one teacher's answers)."""
+    n = 0
+    while f"t{n}_status" in store.columns:
+        n += 1
+    return n
+
+
+def teacher_probs(store: pd.DataFrame, i: int, labels: list[str]) -> np.ndarray:
+    """(n, k) probabilities of teacher `i`; NaN rows where it gave no usable answer."""
+    cols = teacher_columns(i, labels)
+    probs = store[[cols[f"prob_{lab}"] for lab in labels]].to_numpy(dtype=float, copy=True)
+    probs[store[cols["status"]].astype(str).to_numpy() != "ok"] = np.nan
+    return probs
+
+
+def merge_teachers(tables: list[pd.DataFrame], labels: list[str]) -> pd.DataFrame:
+    """One store from several teachers' tables of the same rows, in the same order.
+
+    Each teacher keeps its own label, status and probabilities (`t{i}_…` columns); seconds,
+    tokens and dollars are summed over teachers. The top-level label/prob/status columns start
+    as the first teacher's and are replaced by the label model's aggregate (`set_aggregate`); a
+    row counts as answered when any teacher answered it.
+    """
+    base = tables[0]
+    for t in tables[1:]:
+        if len(t) != len(base) or (t["text_hash"].to_numpy() != base["text_hash"].to_numpy()).any():
+            raise ValueError("merge_teachers needs every teacher's table over the same rows")
+    out = base.copy()
+    statuses = np.stack([t["status"].astype(str).to_numpy() for t in tables])
+    for i, t in enumerate(tables):
+        for src, dst in teacher_columns(i, labels).items():
+            out[dst] = t[src].to_numpy()
+    for col in ("seconds", "tokens", "cost"):
+        out[col] = sum(t[col].fillna(0).to_numpy() for t in tables)
+    any_ok = (statuses == "ok").any(axis=0)
+    out["status"] = np.where(any_ok, "ok", statuses[0])
+    out["teacher"] = "+".join(dict.fromkeys(str(t["teacher"].iloc[0]) for t in tables)) \
+        if len(base) else ""
+    return out
+
+
+def set_aggregate(store: pd.DataFrame, probs: np.ndarray, entropy: np.ndarray,
+                  labels: list[str]) -> pd.DataFrame:
+    """The store with the label model's soft label as its label/prob/status columns."""
+    out = store.copy()
+    ok = np.isfinite(probs).all(axis=1)
+    for j, lab in enumerate(labels):
+        out[f"prob_{lab}"] = probs[:, j]
+    out["label"] = [labels[int(np.argmax(p))] if k else None
+                    for p, k in zip(probs, ok, strict=True)]
+    keep = out["status"].astype(str).where(out["status"].astype(str) != "ok", "no_answer")
+    out["status"] = np.where(ok, "ok", keep)
+    out["entropy"] = entropy
+    return out
+
+
 def status_counts(df: pd.DataFrame) -> dict[str, int]:
     return {k: int(v) for k, v in df["status"].value_counts().items()}
 

@@ -40,6 +40,24 @@ def _config(path: Path | None, text_column: str | None = None,
     return cfg
 
 
+TeacherOpt = Annotated[list[str] | None, typer.Option(
+    "--teacher", help=f"{spec_help()}. Repeat it for several teachers (a label model joins "
+                      "them: label_model in the config).")]
+AnchorOpt = Annotated[Path | None, typer.Option(
+    help="Reviewed gold labels to use as the anchor: the CSV `llmdistill review` wrote, filled "
+         "in, or a Label Studio JSON export.")]
+
+
+def _teacher_flags(cfg: RunConfig, specs: list[str] | None) -> None:
+    """--teacher once: that teacher; repeated: several, each merged over `teacher`."""
+    if not specs:
+        return
+    if len(specs) == 1 and not cfg.teachers:
+        cfg.teacher.spec = specs[0]
+        return
+    cfg.teachers = [cfg.teacher.model_copy(update={"spec": spec}) for spec in specs]
+
+
 def _engine_flags(cfg: RunConfig, engine: str | None, ray_address: str | None,
                   replicas: int | None) -> None:
     """Apply --engine, --ray-address and --replicas to `cfg.engine`; a bad value is one line."""
@@ -73,7 +91,8 @@ def run(config: ConfigOpt = None,
             help="Ray cluster to join (HOST:6379 or ray://HOST:10001; default $RAY_ADDRESS, "
                  "else a local cluster).")] = None,
         replicas: Annotated[int | None, typer.Option(
-            help="Teacher replicas on Ray (default 2).")] = None) -> None:
+            help="Teacher replicas on Ray (default 2).")] = None,
+        teacher: TeacherOpt = None, anchor: AnchorOpt = None) -> None:
     """The whole pipeline: annotate, train, evaluate, report. No arguments: the embedded demo."""
     from llmdistill import pipeline
 
@@ -82,6 +101,9 @@ def run(config: ConfigOpt = None,
     cfg = load_config(config, base=quick() if quick_run else full() if full_run else None)
     if out:
         cfg.out = out
+    _teacher_flags(cfg, teacher)
+    if anchor:
+        cfg.anchor = anchor
     _engine_flags(cfg, engine, ray_address, replicas)
     pipeline.run(cfg)
 
@@ -91,7 +113,7 @@ def annotate_cmd(
     data: Annotated[str, typer.Option(help="CSV/JSONL/Parquet file or embedded split "
                                            "(tweets:train).")],
     out: Annotated[Path, typer.Option(help="Annotation Parquet file to write.")],
-    teacher: Annotated[str | None, typer.Option(help=f"{spec_help()}.")] = None,
+    teacher: TeacherOpt = None,
     demos: Annotated[str | None, typer.Option(help="Labelled data to draw few-shot demos from "
                                                    "(default: the embedded train split).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,
@@ -117,10 +139,11 @@ def annotate_cmd(
     from llmdistill.annotate import demos_for, without_demos, write_annotations
 
     cfg = _config(config, text_column, label_column)
-    if teacher:
-        cfg.teacher.spec = teacher
+    _teacher_flags(cfg, teacher)
     if max_cost is not None:
         cfg.teacher.api.max_cost = max_cost
+        cfg.teachers = [t.model_copy(update={"api": t.api.model_copy(
+            update={"max_cost": max_cost})}) for t in cfg.teachers]
     _engine_flags(cfg, engine, ray_address, replicas)
     if not dry_run:
         refuse_existing(out)
@@ -133,18 +156,23 @@ def annotate_cmd(
     if len(labels) < 2:
         raise UsageError("no label set: give data with a label column, --demos, or set "
                          "data.labels in the config")
-    demo_rows = demos_for(demo_source, labels, cfg.teacher, cfg.data)
+    teachers = cfg.all_teachers()
+    demo_rows = [demos_for(demo_source, labels, t, cfg.data) for t in teachers]
     if demo_source == data:
-        frame = without_demos(frame, demo_rows)
+        frame = without_demos(frame, [d for rows in demo_rows for d in rows])
     if limit:
         frame = frame.head(limit)
     if dry_run:
-        est = pipeline.estimate(frame, labels, demo_rows, cfg.teacher, cfg.resolved_cache_dir())
-        print(json.dumps(est, indent=2))
+        est = [pipeline.estimate(frame, labels, rows, t, cfg.resolved_cache_dir())
+               for t, rows in zip(teachers, demo_rows, strict=True)]
+        print(json.dumps(est[0] if len(est) == 1 else est, indent=2))
         return
-    table, manifest = pipeline.annotate_texts(frame, labels, demo_rows, cfg.teacher,
-                                              cfg.resolved_cache_dir(), retry_failed,
-                                              engine=cfg.engine)
+    table, manifest = pipeline.annotate_teachers(frame, labels, demo_rows, teachers,
+                                                 cfg.resolved_cache_dir(), retry_failed,
+                                                 engine=cfg.engine)
+    anchor_rows = pipeline.choose_anchor(table, labels, cfg.student, cfg.anchor)
+    table, manifest["label_model"] = pipeline.aggregate_teachers(
+        table, labels, cfg.label_model, anchor_rows, seed=cfg.student.seed)
     write_annotations(table, out, manifest)
     err.print(f"wrote {out} ({len(table)} rows)")
 
@@ -154,7 +182,7 @@ def train_cmd(
     annotations: Annotated[Path, typer.Option(help="Annotation Parquet file.")],
     out: Annotated[Path, typer.Option(help="Model folder to write.")],
     student: Annotated[str | None, typer.Option(help="minilm-l6, an HF id or a folder.")] = None,
-    config: ConfigOpt = None,
+    config: ConfigOpt = None, anchor: AnchorOpt = None,
 ) -> None:
     """Distil a student encoder from the teacher's probabilities."""
     from llmdistill import pipeline
@@ -165,10 +193,16 @@ def train_cmd(
         cfg.student.model = student
     refuse_existing(out)
     table, manifest = read_annotations(annotations)
-    result = pipeline.train(table, manifest["labels"], cfg.student, out,
+    labels = manifest["labels"]
+    anchor_rows: object = "auto"
+    if anchor or cfg.anchor:
+        anchor_rows = pipeline.choose_anchor(table, labels, cfg.student, anchor or cfg.anchor)
+        table, _ = pipeline.aggregate_teachers(table, labels, cfg.label_model, anchor_rows,
+                                               seed=cfg.student.seed)
+    result = pipeline.train(table, labels, cfg.student, out,
                             {"teacher": manifest.get("teacher"),
                              "prompt_hash": manifest.get("prompt_hash"),
-                             "annotations": str(annotations)})
+                             "annotations": str(annotations)}, anchor=anchor_rows)
     err.print(f"wrote {out}: trained on {result.used} texts ({result.skipped} not ok, skipped), "
               f"validation agreement with the teacher {result.validation_agreement:.3f}")
 
@@ -211,6 +245,37 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run or evaluate folde
 
     for path in rerender(run_dir).values():
         err.print(f"wrote {path}")
+
+
+@app.command("review")
+def review_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (annotations.parquet, "
+                                                 "student/).")],
+    k: Annotated[int, typer.Option("--k", help="How many texts to pick.")] = 200,
+    out: Annotated[Path | None, typer.Option(help="Review folder (default: "
+                                                  "RUN_DIR/review).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing review folder.")] = False,
+    exclude: Annotated[list[Path] | None, typer.Option(
+        help="Labels of an earlier round (review CSV or Label Studio export): skip those "
+             "texts. Repeatable.")] = None,
+) -> None:
+    """Pick the texts a human label helps most; write review.csv and Label Studio files."""
+    from llmdistill.review import review_run
+
+    result = review_run(run_dir, k, out, overwrite, exclude)
+    files = result.files
+    why = ", ".join(f"{r} {n}" for r, n in sorted(result.reasons.items(), key=lambda x: -x[1]))
+    err.print(f"picked {result.picked} of {result.candidates} non-test texts "
+              f"({result.excluded} already labelled, skipped){f': {why}' if why else ''}",
+              highlight=False)
+    for path in files.values():
+        err.print(f"wrote {path}", highlight=False)
+    err.print("label them: fill the empty label column of review.csv, or in Label Studio "
+              "(pip install label-studio; label-studio start --host 127.0.0.1) create a "
+              f"project with the labeling config {files['labelstudio_config.xml'].name}, import "
+              f"{files['labelstudio_tasks.json'].name}, label, then Export → JSON", highlight=False)
+    err.print("bring them back: llmdistill run --anchor FILE, or llmdistill train --anchor FILE",
+              highlight=False)
 
 
 @app.command()
@@ -389,6 +454,92 @@ def serve_cmd(
     err.print(f"serving {student} on http://{where}:{scfg.port} (docs at /docs{auth})",
               highlight=False)
     serve(app_, scfg.host, scfg.port, insecure=scfg.insecure)
+
+
+@app.command("active")
+def active_cmd(
+    data: Annotated[str, typer.Argument(help="Unlabelled texts: CSV/JSONL/Parquet file or "
+                                             "embedded split (tweets:train).")],
+    budget: Annotated[int | None, typer.Option(
+        help="Teacher calls in all, the validation split and the seed set included (default "
+             "active.budget in the config).")] = None,
+    seed_size: Annotated[int | None, typer.Option(help="Texts labelled at random before the "
+                                                       "first round.")] = None,
+    step: Annotated[int | None, typer.Option(help="Texts sent to the teacher per round.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="margin, entropy or random.")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder; rerunning the same command resumes "
+                                           "it.")] = Path("runs/active"),
+    teacher: Annotated[str | None, typer.Option(help=f"{spec_help()}.")] = None,
+    demos: Annotated[str | None, typer.Option(help="Labelled data to draw few-shot demos from "
+                                                   "(default: the embedded train split).")] = None,
+    evaluate: Annotated[str | None, typer.Option(help="Gold-labelled held-out texts (file or "
+                                                      "tweets:test): accuracy per round.")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Stop cleanly at this many dollars; "
+                                                        "a rerun resumes.")] = None,
+    config: ConfigOpt = None, text_column: TextCol = None, label_column: LabelCol = None,
+) -> None:
+    """Active distillation: the teacher labels only the texts the student is least sure of.
+
+    A seeded student.validation_fraction of the budget is carved from DATA as the validation
+    split (its calls count against the budget); the rest of DATA is the pool.
+    """
+    from pydantic import ValidationError
+    from rich.table import Table
+
+    from llmdistill import data as data_mod
+    from llmdistill.active import active_distill, learning_curve
+    from llmdistill.annotate import demos_for
+
+    cfg = _config(config, text_column, label_column)
+    if teacher:
+        cfg.teacher.spec = teacher
+    if max_cost is not None:
+        cfg.teacher.api.max_cost = max_cost
+    flags = {"budget": budget, "seed_size": seed_size, "step": step, "strategy": strategy}
+    try:
+        cfg.active = cfg.active.model_validate(
+            cfg.active.model_dump() | {k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')} {first['input']}: "
+                         f"{first['msg'][0].lower()}{first['msg'][1:]}") from None
+    embedded = ":" in data and not Path(data).exists()
+    data_cfg = cfg.data.model_copy(update={"max_train": None, "max_validation": None,
+                                           "max_test": None}) if embedded else cfg.data
+    frame, labels = data_mod.resolve(data, data_cfg)
+    demo_source = demos or (f"{data.split(':')[0]}:train" if embedded else None)
+    if demo_source and not labels:
+        labels = data_mod.resolve(demo_source, cfg.data)[1]
+    labels = labels or cfg.data.labels or []
+    if len(labels) < 2:
+        raise UsageError("no label set: give data with a label column, --demos, or set "
+                         "data.labels in the config")
+    demo_rows = demos_for(demo_source, labels, cfg.teacher, cfg.data)
+    n_val = max(1, round(cfg.student.validation_fraction * cfg.active.budget))
+    if n_val >= len(frame):
+        raise UsageError(f"{data} holds {len(frame)} texts, too few for a validation split of "
+                         f"{n_val} and a pool: lower the budget or give more texts")
+    validation = frame.sample(n=n_val, random_state=cfg.data.split_seed)
+    gold = None
+    if evaluate:
+        gold = data_mod.resolve(evaluate, cfg.data)[0]
+        if "label" not in gold.columns:
+            raise UsageError(f"{evaluate} has no gold label column {cfg.data.label_column!r}: "
+                             "pass --label-column")
+    result = active_distill(frame.drop(validation.index), validation, labels, cfg.teacher,
+                            cfg.student, cfg.active, cfg.resolved_cache_dir(), out,
+                            evaluate_on=gold, demos=demo_rows)
+    rows = learning_curve(result.history)
+    table = Table(title=f"learning curve: {cfg.active.strategy}, {result.calls} of "
+                        f"{cfg.active.budget} teacher calls ({len(validation)} for validation)")
+    for name in rows[0]:
+        table.add_column(name.replace("_", " "), justify="right")
+    for row in rows:
+        table.add_row(*[f"{v:.4f}" if k == "dollars" else f"{v:.3f}" if isinstance(v, float)
+                        else str(v) for k, v in row.items()])
+    Console().print(table)
+    err.print(f"wrote {out}: student/, annotations.parquet, active.json (stopped by "
+              f"{result.stopped_by})", highlight=False)
 
 
 def main() -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from llmdistill.errors import UsageError
 
@@ -117,6 +124,70 @@ class StudentConfig(_Strict):
                                 "inverse frequency; anchor = gold prior / teacher prior")
 
 
+class LabelModelConfig(_Strict):
+    """How several teachers' answers (or one teacher's) become one soft label per text.
+
+    Calibration and every method but `mean` without calibration fit on the anchor's gold
+    (`student.anchor_size` gold training rows, or `--anchor FILE`); docs/distillation.md says
+    which to use when.
+    """
+
+    method: Literal["first", "mean", "dawid_skene", "stacked", "snorkel"] = Field(
+        "mean", description="first: the first teacher alone; mean: mean of the calibrated "
+                            "probabilities; dawid_skene: EM over the teachers' answers with "
+                            "confusion matrices started from the anchor; stacked: logistic "
+                            "regression on the teachers' log-probabilities fitted on the anchor; "
+                            "snorkel: snorkel's LabelModel on the teachers' votes")
+    calibration: Literal["none", "temperature", "temperature_bias"] = Field(
+        "temperature", description="per teacher, fitted on the anchor before aggregating")
+    folds: int = Field(5, ge=2, description="cross-validation folds for `stacked` (its C and the "
+                                            "anchor rows' own out-of-fold labels)")
+    max_iter: int = Field(100, ge=1, description="EM iterations for dawid_skene")
+
+
+class ConfidentConfig(_Strict):
+    """Confident learning: likely teacher errors found from out-of-fold student probabilities."""
+
+    action: Literal["off", "drop", "downweight"] = Field(
+        "off", description="what happens to a text flagged as a likely teacher error")
+    weight: float = Field(0.3, ge=0.0, le=1.0, description="loss weight of a flagged text "
+                                                           "(downweight)")
+    folds: int = Field(5, ge=2, description="folds of the out-of-fold probabilities")
+
+
+class SelfTrainingConfig(_Strict):
+    """Self-training: the student pseudo-labels unlabelled pool texts; a new student trains on
+    teacher labels plus the confident pseudo-labels."""
+
+    rounds: int = Field(0, ge=0, description="0: off")
+    pool: str | None = Field(None, description="unlabelled texts (file or embedded split); "
+                                               "None: the rest of the data's train split")
+    max_pool: int | None = Field(5000, ge=1, description="at most this many pool texts")
+    threshold: float = Field(0.9, ge=0.0, le=1.0,
+                             description="a pseudo-label is kept when its top probability ≥ this")
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="loss weight of a pseudo-label")
+    source: Literal["student", "ensemble"] = Field(
+        "student", description="who pseudo-labels: the student, or the mean of student and "
+                               "teacher where the teacher answered")
+
+
+class ActiveConfig(_Strict):
+    """Active distillation: the teacher labels only the pool texts the student is least sure of,
+    until a budget of calls (or dollars, `teacher.api.max_cost`) is spent."""
+
+    budget: int = Field(1000, ge=1, description="teacher calls in all, the seed set included")
+    seed_size: int = Field(200, ge=1, description="texts labelled at random before the first "
+                                                  "round")
+    step: int = Field(200, ge=1, description="texts sent to the teacher per round")
+    strategy: Literal["margin", "entropy", "random"] = Field(
+        "margin", description="which unlabelled texts go to the teacher")
+    diversity: float = Field(4.0, ge=1.0, description="pick `step` texts spread over the "
+                                                      "`diversity × step` most uncertain ones "
+                                                      "(k-means++ on the student's embeddings); "
+                                                      "1: the most uncertain alone")
+    max_pool: int | None = Field(None, ge=1, description="at most this many pool texts")
+
+
 class EvaluateConfig(_Strict):
     """How the report is computed."""
 
@@ -195,6 +266,15 @@ class RunConfig(_Strict):
                                    description="annotation cache; $LLMDISTILL_CACHE or ~/.cache")
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    teachers: list[TeacherConfig] = Field(
+        default_factory=list, description="several teachers, each merged over `teacher` (so an "
+                                          "entry names only what differs); empty: `teacher` alone")
+    label_model: LabelModelConfig = Field(default_factory=LabelModelConfig)
+    confident: ConfidentConfig = Field(default_factory=ConfidentConfig)
+    self_training: SelfTrainingConfig = Field(default_factory=SelfTrainingConfig)
+    active: ActiveConfig = Field(default_factory=ActiveConfig)
+    anchor: Path | None = Field(None, description="reviewed gold labels (review CSV or Label "
+                                                  "Studio JSON export) used as the anchor")
     student: StudentConfig = Field(default_factory=StudentConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -205,6 +285,28 @@ class RunConfig(_Strict):
     @classmethod
     def _path(cls, v: Any) -> Any:
         return Path(v) if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_teachers(cls, raw: Any) -> Any:
+        """Each `teachers` entry is a partial teacher merged over `teacher`."""
+        if not isinstance(raw, dict) or not raw.get("teachers"):
+            return raw
+        base = raw.get("teacher") or {}
+        if isinstance(base, BaseModel):
+            base = base.model_dump(mode="json")
+        entries = []
+        for t in raw["teachers"]:
+            if isinstance(t, str):
+                t = {"spec": t}
+            if isinstance(t, BaseModel):
+                t = t.model_dump(mode="json", exclude_unset=True)
+            entries.append(_deep_merge(base, t) if isinstance(t, dict) else t)
+        return {**raw, "teachers": entries}
+
+    def all_teachers(self) -> list[TeacherConfig]:
+        """The teachers of this run, in order: `teachers`, or `teacher` alone."""
+        return list(self.teachers) or [self.teacher]
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or user_cache_dir()

@@ -61,6 +61,8 @@ class Dataset:
     splits: dict[str, pd.DataFrame]
     labels: list[str]
     manifest: dict
+    pool: pd.DataFrame | None = None  # train rows left out by max_train: unlabelled texts to
+    # self-train on or to query actively (their gold is never read)
 
 
 def read_frame(path: Path, error: type[UsageError] = DataError,
@@ -179,7 +181,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         "hashes": {k: frame_hash(v) for k, v in splits.items()},
         "labels": labels,
     }
-    return Dataset(splits=splits, labels=labels, manifest=manifest)
+    pool = whole["train"][~whole["train"]["id"].isin(splits["train"]["id"])]
+    return Dataset(splits=splits, labels=labels, manifest=manifest,
+                   pool=pool[["id", "text"]].reset_index(drop=True))
 
 
 def resolve(spec: str, cfg: DataConfig | None = None) -> tuple[pd.DataFrame, list[str]]:

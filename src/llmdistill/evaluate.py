@@ -332,3 +332,30 @@ def evaluate_predictions(
         out["warnings"] += [f"{who}, {w}" for w in
                             collapse_warnings(pred, gold, labels, cfg.collapse_ratio)]
     return out
+
+
+def teacher_breakdown(gold_df: pd.DataFrame, teacher_df: pd.DataFrame, student_probs: np.ndarray,
+                      labels: list[str], cfg: EvaluateConfig, names: list[str],
+                      calibrated: list[np.ndarray | None] | None = None) -> list[dict]:
+    """Each teacher of a store (its `t{i}_…` columns) against gold and against the student.
+
+    `teacher_df` is aligned to `gold_df` (same ids); `calibrated[i]`, when given, is teacher
+    i's probabilities after the label model's calibration, for the ECE after it.
+    """
+    gold = gold_df["label"].astype(object).to_numpy()
+    kw = {"n_boot": cfg.bootstrap, "ci": cfg.ci, "seed": cfg.seed}
+    student = list(np.array(labels, dtype=object)[np.asarray(student_probs).argmax(axis=1)])
+    rows = []
+    for i, name in enumerate(names):
+        one = pd.DataFrame({"id": teacher_df["id"], "status": teacher_df[f"t{i}_status"],
+                            "label": teacher_df[f"t{i}_label"],
+                            **{f"prob_{lab}": teacher_df[f"t{i}_prob_{lab}"] for lab in labels}})
+        pred, probs, status = _teacher_columns(gold_df, one, labels)
+        m = classification_metrics(gold, pred, labels, probs, ece_bins=cfg.ece_bins, **kw)
+        row = {"name": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+               "ece": m.get("ece"), "not_ok": int((status != "ok").sum()),
+               "student_vs": compare(student, pred, gold, labels, alpha=cfg.significance, **kw)}
+        if calibrated is not None and calibrated[i] is not None:
+            row["ece_calibrated"] = calibration(calibrated[i], gold, labels, cfg.ece_bins)["ece"]
+        rows.append(row)
+    return rows

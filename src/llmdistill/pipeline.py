@@ -18,7 +18,11 @@ from llmdistill.annotate import (
     AnnotationCache,
     annotate,
     demos_for,
+    merge_teachers,
+    set_aggregate,
     status_counts,
+    teacher_count,
+    teacher_probs,
     without_demos,
     write_annotations,
 )
@@ -26,12 +30,13 @@ from llmdistill.cascade import curve_for_report
 from llmdistill.config import (
     EngineConfig,
     EvaluateConfig,
+    LabelModelConfig,
     RunConfig,
     StudentConfig,
     TeacherConfig,
 )
 from llmdistill.data import frame_hash, load_dataset, text_hash
-from llmdistill.errors import UsageError
+from llmdistill.errors import DataError, UsageError
 from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
 from llmdistill.files import atomic_path
 from llmdistill.report import print_summary, write_html, write_report
@@ -107,6 +112,123 @@ def estimate(frame: pd.DataFrame, labels: list[str], demos: list[dict], cfg: Tea
         teacher.close()
 
 
+def annotate_teachers(frame: pd.DataFrame, labels: list[str], demos: list[list[dict]],
+                      cfgs: list[TeacherConfig], cache_dir: Path, retry_failed: bool = False,
+                      engine: EngineConfig | None = None) -> tuple[pd.DataFrame, dict]:
+    """Label `frame` with every teacher (each its own cache key); one store and manifest.
+
+    The store keeps each teacher's answers (`t{i}_…` columns); its top-level columns are the
+    first teacher's until `aggregate_teachers` replaces them. A row stays when any teacher
+    answered it.
+    """
+    if len(demos) != len(cfgs):
+        raise ValueError("one demo list per teacher")
+    tables, manifests = [], []
+    for i, (cfg, rows) in enumerate(zip(cfgs, demos, strict=True)):
+        if len(cfgs) > 1:
+            console.print(f"teacher {i + 1} of {len(cfgs)}: {cfg.spec}")
+        table, manifest = annotate_texts(frame, labels, rows, cfg, cache_dir, retry_failed,
+                                         engine)
+        tables.append(table)
+        manifests.append(manifest)
+    return merge_teachers(tables, labels), combined_manifest(manifests)
+
+
+def combined_manifest(manifests: list[dict]) -> dict:
+    """One manifest for several teachers: each one's record under `teachers`; the summed cost
+    and time (what labelling a text cost in all) at the top, as for one teacher."""
+    if len(manifests) == 1:
+        return {**manifests[0], "teachers": [_teacher_record(manifests[0])]}
+    first = manifests[0]
+    ids = [m["teacher"]["id"] for m in manifests]
+    demos = list({d["id"]: d for m in manifests for d in m["demos"]}.values())
+    return {
+        **{k: first[k] for k in ("labels", "texts", "data_hash")},
+        "teacher": {"spec": " + ".join(m["teacher"]["spec"] for m in manifests),
+                    "id": "+".join(ids), "teachers": len(manifests)},
+        "teachers": [_teacher_record(m) for m in manifests],
+        "prompt_hash": "+".join(m["prompt_hash"] for m in manifests),
+        "demos": demos,
+        **{k: float(sum(m[k] for m in manifests)) for k in
+           ("annotate_wall_seconds", "seconds_per_text", "dollars", "dollars_per_1000")},
+        "tokens": int(sum(m["tokens"] for m in manifests)),
+    }
+
+
+def _teacher_record(m: dict) -> dict:
+    keep = ("teacher", "prompt_hash", "prompt", "seconds_per_text", "tokens", "dollars",
+            "dollars_per_1000", "annotate_wall_seconds", "engine")
+    return {k: m[k] for k in keep if k in m} | {"demos": [d["id"] for d in m["demos"]]}
+
+
+def choose_anchor(store: pd.DataFrame, labels: list[str], cfg: StudentConfig,
+                  anchor_file: Path | None = None) -> pd.DataFrame | None:
+    """The gold anchor: reviewed labels from `anchor_file`, else `cfg.anchor_size` gold training
+    rows sampled with the student's seed; None when there is no gold to use.
+
+    The label model, the calibration and the student's noise corrections all use these rows.
+    """
+    from llmdistill.student.noise import sample_anchor
+
+    train_rows = store[store["split"] == "train"] if "split" in store.columns else store
+    if anchor_file is not None:
+        from llmdistill.review import read_anchor
+
+        reviewed = read_anchor(Path(anchor_file), labels, store)
+        gold = dict(zip(reviewed["text_hash"], reviewed["gold"], strict=True))
+        rows = store[store["text_hash"].isin(gold.keys())]
+        if "split" in rows.columns and (rows["split"] != "train").any():
+            where = sorted(set(rows.loc[rows["split"] != "train", "split"]))
+            raise UsageError(f"{int((rows['split'] != 'train').sum())} anchor texts are in the "
+                             f"{'/'.join(where)} split: review only training texts (their gold "
+                             "would leak into the evaluation)")
+        rows = rows.assign(gold=rows["text_hash"].map(gold))
+        return rows[rows["status"].astype(str) == "ok"].reset_index(drop=True)
+    if (cfg.anchor_size == 0 or "gold" not in train_rows.columns
+            or not train_rows["gold"].notna().any()):
+        return None
+    return sample_anchor(train_rows, cfg.anchor_size, cfg.seed)
+
+
+def aggregate_teachers(store: pd.DataFrame, labels: list[str], cfg: LabelModelConfig,
+                       anchor: pd.DataFrame | None, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """The label model over the store's teachers: one soft label and its entropy per row."""
+    from llmdistill.label_model import aggregate
+
+    if not teacher_count(store):  # a store written before several teachers existed
+        store = merge_teachers([store], labels)
+    probs = [teacher_probs(store, i, labels) for i in range(teacher_count(store))]
+    index = gold = None
+    if anchor is not None and len(anchor):
+        position = {h: i for i, h in enumerate(store["text_hash"])}
+        index = anchor["text_hash"].map(position).to_numpy(dtype=np.int64)
+        gold = anchor["gold"].map({lab: j for j, lab in enumerate(labels)}).to_numpy(np.int64)
+    agg = aggregate(probs, labels, cfg, index, gold, seed=seed)
+    return set_aggregate(store, agg.probs, agg.entropy, labels), agg.info
+
+
+def flag_teacher_errors(store: pd.DataFrame, labels: list[str], cfg: RunConfig,
+                        anchor: pd.DataFrame | None) -> tuple[pd.DataFrame, dict | None]:
+    """Confident learning on the training rows (not the anchor, which trains on gold)."""
+    if cfg.confident.action == "off":
+        return store, None
+    from llmdistill.student.confident import apply_issues, find_label_issues
+
+    anchor_ids = set(anchor["id"]) if anchor is not None else set()
+    mask = (store["split"] == "train") & ~store["id"].isin(anchor_ids)
+    part = store[mask]
+    try:
+        report = find_label_issues(part, labels, cfg.student.model, cfg.confident,
+                                   seed=cfg.student.seed, max_length=cfg.student.max_length)
+    except DataError as e:  # e.g. the teacher gave one class only: nothing to cross-validate
+        console.print(f"confident learning skipped: {e}", style="yellow")
+        return store, {"skipped": str(e)}
+    fixed = apply_issues(part, report, cfg.confident)
+    console.print(f"confident learning: {int(report.mask.sum())} likely teacher errors of "
+                  f"{len(part)} training texts ({cfg.confident.action})")
+    return pd.concat([fixed, store[~mask]], ignore_index=True), report.to_dict()
+
+
 def train_split(annotations: pd.DataFrame, seed: int,
                 fraction: float = StudentConfig().validation_fraction
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -119,16 +241,21 @@ def train_split(annotations: pd.DataFrame, seed: int,
 
 
 def train(annotations: pd.DataFrame, labels: list[str], cfg: StudentConfig, out_dir: Path,
-          manifest: dict, overwrite: bool = False):
+          manifest: dict, overwrite: bool = False, anchor: pd.DataFrame | None | str = "auto"):
     """Distil the student from the teacher's probabilities.
 
     Gold is read only from training rows, as the anchor set (`cfg.anchor_size` of them) that
     estimates the teacher's confusion for the noise-aware options; never to select a model.
+    `anchor`: "auto" samples it from the training rows' gold; or the rows themselves (from
+    `choose_anchor`), or None for no anchor.
     """
     from llmdistill.student.train import train_student
 
     tr, val = train_split(annotations, cfg.seed, cfg.validation_fraction)
-    anchor = tr if "gold" in tr.columns and tr["gold"].notna().any() else None
+    if isinstance(anchor, str):
+        anchor = tr if "gold" in tr.columns and tr["gold"].notna().any() else None
+    elif anchor is not None:
+        cfg = cfg.model_copy(update={"anchor_size": len(anchor)})
     return train_student(tr, val, labels, cfg, out_dir, manifest, anchor=anchor,
                          overwrite=overwrite)
 
@@ -182,6 +309,9 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
                         "split": (teacher_manifest or {}).get("data"),
                         "demos": [d["id"] for d in (teacher_manifest or {}).get("demos", [])]}
     metrics = evaluate_predictions(gold, teacher_df, probs, labels, cfg, info)
+    if teacher_df is not None and teacher_count(teacher_df):
+        metrics["teachers"] = _teachers_section(gold, teacher_df, probs, labels, cfg,
+                                                teacher_manifest or {})
     if teacher_df is not None:  # what deferring unsure texts to the teacher would give
         metrics["cascade"] = curve_for_report(probs, teacher_df, gold, labels, teacher_manifest,
                                               info["student"]["speed"],
@@ -201,6 +331,37 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
         write_report(metrics, out_dir)
         write_html(metrics, preds, out_dir)
     return metrics
+
+
+def _teachers_section(gold: pd.DataFrame, teacher_df: pd.DataFrame, probs: np.ndarray,
+                      labels: list[str], cfg: EvaluateConfig, manifest: dict) -> dict:
+    """Each teacher vs gold and vs the student, and what the label model made of them."""
+    from llmdistill.evaluate import teacher_breakdown
+
+    n = teacher_count(teacher_df)
+    records = manifest.get("teachers") or []
+    names = [(records[i].get("teacher") or {}).get("spec", f"teacher {i + 1}")
+             if i < len(records) else f"teacher {i + 1}" for i in range(n)]
+    info = manifest.get("label_model") or {}
+    fitted = (info.get("calibration") or {}).get("teachers") or []
+    calibrated = [_calibrated(teacher_probs(teacher_df, i, labels), fitted[i])
+                  if i < len(fitted) else None for i in range(n)]
+    return {"rows": teacher_breakdown(gold, teacher_df, probs, labels, cfg, names, calibrated),
+            "label_model": info, "confident": manifest.get("confident"),
+            "anchor": manifest.get("anchor")}
+
+
+def _calibrated(probs: np.ndarray, fitted: dict) -> np.ndarray | None:
+    """Teacher probabilities through the calibration the label model recorded (None: none)."""
+    from llmdistill.label_model import Calibration
+
+    if "temperature" not in fitted or fitted.get("mode") == "none":
+        return None
+    cal = Calibration(mode=fitted["mode"], temperature=fitted["temperature"],
+                      bias=np.asarray(fitted["bias"], float), n=fitted["n"],
+                      nll_before=fitted["nll_before"], nll_after=fitted["nll_after"],
+                      ece_before=fitted["ece_before"], ece_after=fitted["ece_after"])
+    return cal.apply(probs)
 
 
 def align_teacher(gold: pd.DataFrame, annotations: pd.DataFrame) -> pd.DataFrame:
@@ -235,44 +396,69 @@ def run(cfg: RunConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = cfg.resolved_cache_dir()
+    teachers = cfg.all_teachers()
 
     console.rule("1/4 data")
     ds = load_dataset(cfg.data)
     labels = ds.labels
-    demos = demos_for(ds.splits["train"], labels, cfg.teacher)
-    frame = pd.concat([without_demos(df, demos).assign(split=name)
+    demos = [demos_for(ds.splits["train"], labels, t) for t in teachers]
+    shown = [d for rows in demos for d in rows]
+    frame = pd.concat([without_demos(df, shown).assign(split=name)
                        for name, df in ds.splits.items()], ignore_index=True)
     console.print(f"{ds.manifest['used_split_sizes']} texts from {cfg.data.source}; "
-                  f"labels {labels}; {len(demos)} demos from train")
+                  f"labels {labels}; {len({d['id'] for d in shown})} demos from train")
 
-    console.rule("2/4 teacher")
-    table, manifest = annotate_texts(frame, labels, demos, cfg.teacher, cache_dir,
-                                     engine=cfg.engine)
+    console.rule("2/4 teacher" + ("s" if len(teachers) > 1 else ""))
+    store, manifest = annotate_teachers(frame, labels, demos, teachers, cache_dir,
+                                        engine=cfg.engine)
     manifest["data"] = ds.manifest
-    write_annotations(table, out / "annotations.parquet", manifest, overwrite=True)
+    anchor = choose_anchor(store, labels, cfg.student, cfg.anchor)
+    store, manifest["label_model"] = aggregate_teachers(store, labels, cfg.label_model, anchor,
+                                                        seed=cfg.student.seed)
+    store, manifest["confident"] = flag_teacher_errors(store, labels, cfg, anchor)
+    manifest["anchor"] = {"rows": 0 if anchor is None else len(anchor),
+                          "source": str(cfg.anchor) if cfg.anchor else "sampled gold"}
+    write_annotations(store, out / "annotations.parquet", manifest, overwrite=True)
 
     console.rule("3/4 student")
     student_dir = out / "student"
-    key = {"annotations": frame_hash(table.assign(label=table["label"].astype(str))),
-           "student": cfg.student.model_dump(mode="json")}
+    key = {"annotations": frame_hash(store.assign(label=store["label"].astype(str))),
+           "student": cfg.student.model_dump(mode="json"),
+           "self_training": cfg.self_training.model_dump(mode="json"),
+           "anchor": sorted(anchor["id"]) if anchor is not None else None}
     if _matching_student(student_dir, key):
         console.print(f"reusing {student_dir}: same annotations and student settings")
     else:
-        result = train(table[table["split"] != "test"], labels, cfg.student, student_dir,
-                       {"run_key": key, "teacher": manifest["teacher"],
-                        "prompt_hash": manifest["prompt_hash"], "data": ds.manifest},
-                       overwrite=True)
+        record = {"run_key": key, "teacher": manifest["teacher"],
+                  "prompt_hash": manifest["prompt_hash"], "data": ds.manifest}
+        result = train(store[store["split"] != "test"], labels, cfg.student, student_dir,
+                       record, overwrite=True, anchor=anchor)
         console.print(f"trained on {result.used} texts ({result.skipped} skipped, not ok); "
                       f"{result.samples_per_second:.1f} samples/s")
+        if cfg.self_training.rounds:
+            _self_train(store, ds, labels, cfg, student_dir, anchor, record)
 
     console.rule("4/4 evaluation")
-    test = without_demos(ds.splits["test"], demos)
-    metrics = evaluate(student_dir, test, labels, cfg.evaluate, table, manifest, out_dir=out,
+    test = without_demos(ds.splits["test"], shown)
+    metrics = evaluate(student_dir, test, labels, cfg.evaluate, store, manifest, out_dir=out,
                        curve_thresholds=cfg.serve.curve_thresholds)
     update_metrics(student_dir, card_metrics(metrics))
     print_summary(metrics, Console())
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return metrics
+
+
+def _self_train(store: pd.DataFrame, ds, labels: list[str], cfg: RunConfig, student_dir: Path,
+                anchor: pd.DataFrame | None, record: dict) -> None:
+    """Self-training rounds on the pool; the final student replaces `student_dir`."""
+    from llmdistill.self_training import load_pool, self_train
+
+    pool = load_pool(cfg.self_training, cfg.data, ds.pool)
+    labelled = store[store["split"] != "test"]
+    tr, val = train_split(labelled, cfg.student.seed, cfg.student.validation_fraction)
+    result = self_train(tr, pool, labels, cfg.student, cfg.self_training, student_dir,
+                        anchor, val, manifest=record)
+    record["self_training"] = result.history
 
 
 def card_metrics(metrics: dict) -> dict:

@@ -41,7 +41,13 @@ from llmdistill.report.format import (
     settings,
     vs_gold,
 )
-from llmdistill.report.markdown import render_markdown, summary_rows, verdict
+from llmdistill.report.markdown import (
+    TEACHERS_HEADER,
+    render_markdown,
+    summary_rows,
+    teachers_table,
+    verdict,
+)
 
 SAMPLE = 20  # disagreements shown
 TEXT_LIMIT = 600  # characters of a text shown in the sample
@@ -272,6 +278,16 @@ def _cascade(metrics: dict) -> dict:
                                             "threshold", "chart": chart}}
 
 
+def _teachers(metrics: dict) -> dict | None:
+    """Each teacher and the label model (the same rows as report.md), or None for one teacher
+    seen raw."""
+    section = metrics.get("teachers")
+    if not section or not section.get("rows"):
+        return None
+    rows, notes, flagged = teachers_table(section)
+    return {"header": TEACHERS_HEADER, "rows": rows, "notes": notes, "flagged": flagged}
+
+
 def render_html(metrics: dict, predictions: pd.DataFrame | None = None,
                 sample: int = SAMPLE) -> str:
     """The report page for `metrics` (evaluate's dict); `predictions` adds the disagreements."""
@@ -288,6 +304,7 @@ def render_html(metrics: dict, predictions: pd.DataFrame | None = None,
         confusions=_confusions(m),
         per_class=_per_class(m, s["collapse_ratio"]),
         calibration=_calibration(m), speed=_speed(m), cascade=_cascade(m),
+        teachers=_teachers(m),
         manifest=_manifest(m),
         disagreements=_disagreements(predictions, m["labels"], int(s["seed"]), sample),
         version=__version__, dash=DASH,

@@ -136,6 +136,52 @@ def cost_line(metrics: dict) -> str | None:
             "marginal cost per prediction is its CPU time (see Speed).")
 
 
+TEACHERS_HEADER = ["teacher", "accuracy", "macro-F1", "ECE (raw → calibrated)", "no answer",
+                   "student − teacher (points)", "McNemar"]
+
+
+def teachers_table(section: dict) -> tuple[list[list[Any]], list[str], list[list[str]]]:
+    """Rows of each teacher vs gold and the student vs it; notes on the label model and
+    confident learning; a sample of flagged texts (text, teacher, suggested). For report.md and
+    report.html alike."""
+    rows = []
+    for r in section["rows"]:
+        c = r["student_vs"]
+        d = c["accuracy_difference"]
+        ece = DASH if r.get("ece") is None else f"{r['ece']:.3f}"
+        if r.get("ece_calibrated") is not None:
+            ece += f" → {r['ece_calibrated']:.3f}"
+        rows.append([r["name"], percent_interval(r["accuracy"]), score_interval(r["macro_f1"]),
+                     ece, r["not_ok"],
+                     f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]",
+                     p_value(c["p_value"])])
+    notes, flagged = [], []
+    lm = section.get("label_model") or {}
+    if method := lm.get("method"):
+        anchor = section.get("anchor") or {}
+        mode = (lm.get("calibration") or {}).get("mode", DASH)
+        notes.append(f"Label model: {method}, calibration {mode}, fitted "
+                     f"on {anchor.get('rows', 0)} anchor rows ({anchor.get('source', DASH)}); "
+                     "the teacher row of the summary is its aggregate, which is what the student "
+                     "learned from.")
+    if conf := section.get("confident"):
+        notes.append(f"Confident learning flagged {conf.get('count', 0)} training texts as likely "
+                     f"teacher errors ({percent(conf.get('share') or 0.0)} of those checked).")
+        flagged = [[str(x.get("text", ""))[:80], str(x.get("teacher_label", DASH)),
+                    str(x.get("suggested", DASH))] for x in (conf.get("sample") or [])[:10]]
+    return rows, notes, flagged
+
+
+def teachers_markdown(section: dict) -> str:
+    """The teachers section of report.md."""
+    rows, notes, flagged = teachers_table(section)
+    out = [_table(TEACHERS_HEADER, rows), *notes]
+    if flagged:
+        out.append(_table(["flagged text", "teacher", "suggested"],
+                          [[t.replace("|", "/"), a, b] for t, a, b in flagged]))
+    return "\n\n".join(out)
+
+
 def render_markdown(metrics: dict) -> str:
     """report.md: summary, paired test, warnings, per-class, confusion, calibration, speed."""
     labels, s = metrics["labels"], settings(metrics)
@@ -158,6 +204,8 @@ def render_markdown(metrics: dict) -> str:
         statuses = "".join(f", {k} {v}" for k, v in nok["by_status"].items())
         out.append(f"Texts without a usable teacher answer: {nok['count']} of {metrics['n']}"
                    f"{statuses} (counted as teacher errors, never dropped).")
+    if section := metrics.get("teachers"):
+        out += ["## Teachers and the label model", teachers_markdown(section)]
     out += ["## Warnings", "\n".join(f"- {w}" for w in metrics["warnings"]) or "None."]
     out.append("## Per class")
     for who, m in (("Teacher", teacher), ("Student", student)):

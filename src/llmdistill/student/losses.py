@@ -68,14 +68,16 @@ def noisy_log_probs(logits: torch.Tensor, transition: torch.Tensor | None) -> to
 
 
 def example_weights(
-    teacher_probs: np.ndarray, confidence: bool, class_factors: np.ndarray | None
+    teacher_probs: np.ndarray, confidence: bool, class_factors: np.ndarray | None,
+    row_weights: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Per-example loss weights, mean 1 over the training set, or None when all would be 1.
 
     `confidence`: weight by the teacher's top probability (a no-op for one-hot labels);
-    `class_factors`: one factor per class, applied by the teacher's label.
+    `class_factors`: one factor per class, applied by the teacher's label;
+    `row_weights`: one factor per row (the store's `weight` column).
     """
-    w = np.ones(len(teacher_probs))
+    w = np.ones(len(teacher_probs)) if row_weights is None else np.array(row_weights, float)
     if confidence:
         w *= teacher_probs.max(axis=1)
     if class_factors is not None:

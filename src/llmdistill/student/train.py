@@ -95,6 +95,7 @@ class TeacherTargets:
     probs: np.ndarray  # (n, n_labels), rows sum to 1
     label_ids: np.ndarray  # (n,), the teacher's label as an index into the label set
     skipped: int
+    row_weights: np.ndarray | None = None  # (n,) from a `weight` column (pseudo-labels, flags)
 
 
 def prob_columns(labels: list[str]) -> list[str]:
@@ -130,7 +131,20 @@ def teacher_targets(frame: pd.DataFrame, labels: list[str], split: str) -> Teach
         probs=probs / sums[:, None] if len(ok) else probs.reshape(0, len(labels)),
         label_ids=ok["label"].astype(str).map(index).to_numpy(dtype=np.int64),
         skipped=len(frame) - len(ok),
+        row_weights=_row_weights(ok, split),
     )
+
+
+def _row_weights(ok: pd.DataFrame, split: str) -> np.ndarray | None:
+    """The optional `weight` column (confident learning's down-weighting, self-training's
+    pseudo-labels): one finite weight ≥ 0 per row; a missing value means 1."""
+    if "weight" not in ok.columns:
+        return None
+    w = pd.to_numeric(ok["weight"], errors="coerce").fillna(1.0).to_numpy(dtype=np.float64)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise DataError(f"{split} has negative or infinite values in its weight column: "
+                        "weights must be ≥ 0")
+    return w
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -324,7 +338,7 @@ def train_student(
     plan = _noise_plan(cfg, noise)
     weights = example_weights(tr.probs, cfg.confidence_weighting,
                               class_factors(plan["class_weights"], tr.label_ids, len(labels),
-                                            noise))
+                                            noise), tr.row_weights)
     transition = (torch.tensor(noise.transition, dtype=torch.float32)
                   if plan["forward_correction"] and noise is not None else None)
     logger.info("training %s on %d texts, selecting on %d", cfg.model, len(tr.texts), len(va.texts))
