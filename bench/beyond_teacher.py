@@ -57,9 +57,11 @@ from llmdistill.student.noise import sample_anchor  # noqa: E402
 from llmdistill.teachers import load_teacher  # noqa: E402
 
 TEACHER_NAMES = ["Llama-3.1-405B (replayed)", "qwen2.5-1.5b (label scoring)"]
-METHODS = [("first", "none"), ("first", "temperature"), ("mean", "none"),
-           ("mean", "temperature"), ("mean", "temperature_bias"), ("dawid_skene", "none"),
-           ("stacked", "temperature"), ("snorkel", "none")]
+METHODS = [("first", "none"), ("first", "temperature"), ("first", "temperature_bias"),
+           ("mean", "none"), ("mean", "temperature"), ("mean", "temperature_bias"),
+           ("dawid_skene", "none"), ("dawid_skene", "temperature"),
+           ("dawid_skene", "temperature_bias"), ("stacked", "none"), ("stacked", "temperature"),
+           ("stacked", "temperature_bias"), ("snorkel", "none")]
 STUDENT_BASE = {"model": "minilm-l6", "epochs": 3, "max_length": 64, "anchor_size": 200,
                 "class_weights": "balanced", "anchor_targets": "gold", "prior_correction": True}
 

@@ -453,11 +453,11 @@ def _self_train(store: pd.DataFrame, ds, labels: list[str], cfg: RunConfig, stud
     """Self-training rounds on the pool; the final student replaces `student_dir`."""
     from llmdistill.self_training import load_pool, self_train
 
-    pool = load_pool(cfg.self_training, cfg.data, ds.pool)
+    pool = load_pool(cfg.self_training, cfg.data, ds.pool, labelled=store)
     labelled = store[store["split"] != "test"]
     tr, val = train_split(labelled, cfg.student.seed, cfg.student.validation_fraction)
     result = self_train(tr, pool, labels, cfg.student, cfg.self_training, student_dir,
-                        anchor, val, manifest=record)
+                        anchor, val, manifest=record, exclude=store[store["split"] == "test"])
     record["self_training"] = result.history
 
 
