@@ -203,8 +203,15 @@ def aggregate_teachers(store: pd.DataFrame, labels: list[str], cfg: LabelModelCo
         position = {h: i for i, h in enumerate(store["text_hash"])}
         index = anchor["text_hash"].map(position).to_numpy(dtype=np.int64)
         gold = anchor["gold"].map({lab: j for j, lab in enumerate(labels)}).to_numpy(np.int64)
+    fallback = None
+    if index is None and cfg.method == "stacked":  # nothing to fit it on: say so, don't fail
+        fallback = ("no gold anchor (no gold labels in the training rows, anchor_size 0, and no "
+                    "--anchor): label_model stacked fell back to mean")
+        console.print(f"warning: {fallback}", style="yellow")
+        cfg = cfg.model_copy(update={"method": "mean"})
     agg = aggregate(probs, labels, cfg, index, gold, seed=seed)
-    return set_aggregate(store, agg.probs, agg.entropy, labels), agg.info
+    info = agg.info if fallback is None else {**agg.info, "fallback": fallback}
+    return set_aggregate(store, agg.probs, agg.entropy, labels), info
 
 
 def flag_teacher_errors(store: pd.DataFrame, labels: list[str], cfg: RunConfig,
