@@ -37,13 +37,12 @@ from llmdistill.config import LabelModelConfig, RunConfig, StudentConfig  # noqa
 from llmdistill.data import load_dataset  # noqa: E402
 from llmdistill.evaluate import classification_metrics, compare, hardware  # noqa: E402
 
-# name → (teachers used (indices into the three prompts), label model method, calibration)
+# key → (description, teachers used (indices into the three prompts), method, calibration)
 OPTIONS = {
-    "qwen (today)": ([0], "first", "none"),
-    "qwen, stacked on the anchor": ([0], "stacked", "temperature_bias"),
-    "3 prompts, mean": ([0, 1, 2], "mean", "temperature_bias"),
-    "3 prompts, stacked": ([0, 1, 2], "stacked", "temperature_bias"),
-    "3 prompts, dawid_skene": ([0, 1, 2], "dawid_skene", "none"),
+    "today": ("qwen, the demo's prompt (today)", [0], "first", "none"),
+    "stacked1": ("qwen, stacked on the anchor", [0], "stacked", "temperature_bias"),
+    "mean3": ("3 prompts, mean", [0, 1, 2], "mean", "temperature_bias"),
+    "stacked3": ("3 prompts, stacked", [0, 1, 2], "stacked", "temperature_bias"),
 }
 
 
@@ -71,14 +70,21 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--options", default=",".join(OPTIONS),
+                    help=f"comma list of {', '.join(OPTIONS)} (today,stacked1: one prompt, the "
+                         "demo's teacher budget)")
     ap.add_argument("--out", type=Path, default=Path("runs/demo_teachers"))
     args = ap.parse_args()
+    options = {k: OPTIONS[k] for k in args.options.split(",") if k in OPTIONS}
+    if not options:
+        ap.error(f"no known option in {args.options!r}: use {', '.join(OPTIONS)}")
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig()
     ds = load_dataset(cfg.data)
     labels = ds.labels
-    teachers = [cfg.teacher.model_copy(update={"demo_seed": s}) for s in (7, 8, 9)]
+    n_prompts = 1 + max(i for _, which, _, _ in options.values() for i in which)
+    teachers = [cfg.teacher.model_copy(update={"demo_seed": s}) for s in (7, 8, 9)[:n_prompts]]
     demos = [demos_for(ds.splits["train"], labels, t) for t in teachers]
     shown = [d for rows in demos for d in rows]
     frame = pd.concat([without_demos(df, shown).assign(split=name)
@@ -88,7 +94,7 @@ def main() -> None:
     seconds = [m["seconds_per_text"] for m in manifest["teachers"]]
     work = Path(tempfile.mkdtemp(prefix="demo-", dir=args.out))
     jobs, teacher_dev = [], {}
-    for name, (which, method, cal) in OPTIONS.items():
+    for name, (_, which, method, cal) in options.items():
         store = full[[c for c in full.columns if not re.match(r"t\d+_", c)]].copy()
         for new, old in enumerate(which):
             for c in [c for c in full.columns if c.startswith(f"t{old}_")]:
@@ -115,7 +121,7 @@ def main() -> None:
             for s in ("validation", "test")}
     test_teacher = full.loc[full["split"] == "test", "t0_label"].tolist()
     rows, dev_means = [], {}
-    for name in OPTIONS:
+    for name in options:
         runs = [r for r in results if r["option"] == name]
         dev = [float(np.mean(np.array(r["preds"]["validation"], dtype=object)
                              == gold["validation"])) for r in runs]
@@ -126,9 +132,10 @@ def main() -> None:
         c = compare(runs[0]["preds"]["test"], test_teacher, gold["test"], labels, n_boot=1000)
         ps = [compare(r["preds"]["test"], test_teacher, gold["test"], labels,
                       n_boot=200)["p_value"] for r in runs]
-        rows.append({"option": name, "dev": dev, "test": test, "accuracy": m["accuracy"],
-                     "p": c["p_value"], "p_seeds": ps, "teacher_dev": teacher_dev[name]})
-    chosen = max(dev_means, key=dev_means.get)
+        rows.append({"option": OPTIONS[name][0], "dev": dev, "test": test,
+                     "accuracy": m["accuracy"], "p": c["p_value"], "p_seeds": ps,
+                     "teacher_dev": teacher_dev[name]})
+    chosen = OPTIONS[max(dev_means, key=dev_means.get)][0]
     t = classification_metrics(gold["test"], test_teacher, labels, n_boot=1000)
     lines = [f"Teacher (qwen2.5-1.5b, the demo's prompt) on the 300 test tweets: "
              f"{fmt_ci(t['accuracy'])}; {np.mean(seconds[:1]):.2f} s per tweet for one prompt, "

@@ -161,14 +161,15 @@ def test_first_falls_back_to_the_others_and_mean_is_the_mean():
     _, gold, teachers = _three_teachers(6)
     first = aggregate(teachers, LABELS, _cfg("first", "none")).probs
     mean = aggregate(teachers, LABELS, _cfg("mean", "none")).probs
-    ok0 = ~np.isnan(teachers[0]).all(1)
-    assert np.array_equal(first[ok0], teachers[0][ok0])
-    stack = np.stack(teachers)
-    expect = np.nanmean(stack[:, 5:], axis=0)
-    assert np.allclose(mean[5:], expect)
-    fallback = ~ok0 & ~np.isnan(mean).all(1)
-    assert fallback.any() and np.allclose(first[fallback],
-                                          np.nanmean(stack[1:, fallback], axis=0))
+    answered = np.stack([~np.isnan(t).all(1) for t in teachers], 1)
+    total = sum(np.nan_to_num(t) for t in teachers)
+    some = answered.any(1)
+    assert np.allclose(mean[some], total[some] / answered[some].sum(1, keepdims=True))
+    assert np.allclose(first[answered[:, 0]], teachers[0][answered[:, 0]])
+    fallback = ~answered[:, 0] & some
+    others = sum(np.nan_to_num(t) for t in teachers[1:])
+    assert fallback.any() and np.allclose(
+        first[fallback], others[fallback] / answered[fallback, 1:].sum(1, keepdims=True))
 
 
 def test_no_anchor_skips_calibration_and_stacked_needs_one():
@@ -189,7 +190,7 @@ def test_no_anchor_skips_calibration_and_stacked_needs_one():
 @pytest.mark.parametrize("with_anchor", [True, False])
 def test_dawid_skene_recovers_confusion_matrices(with_anchor):
     rng = np.random.default_rng(8)
-    gold = _gold(rng, 4000)
+    gold = _gold(rng, 8000)  # the latent-class estimate is noisier than a labelled count
     confs = [np.array([[0.7, 0.2, 0.1], [0.25, 0.55, 0.2], [0.1, 0.2, 0.7]]),
              _symmetric(0.6),
              np.array([[0.8, 0.15, 0.05], [0.3, 0.6, 0.1], [0.05, 0.15, 0.8]])]
@@ -197,9 +198,11 @@ def test_dawid_skene_recovers_confusion_matrices(with_anchor):
     idx, agold = _anchor(rng, gold) if with_anchor else (None, None)
     agg = aggregate(teachers, LABELS, _cfg("dawid_skene", "none"), idx, agold)
     ds = agg.info["dawid_skene"]
-    for est, true in zip(ds["confusion"], confs, strict=True):
-        assert np.abs(np.array(est) - true).max() < 0.06
-    assert np.abs(np.array(ds["class_prior"]) - PRIOR).max() < 0.05
+    err = np.abs(np.array(ds["confusion"]) - np.array(confs))
+    assert err.mean() < 0.03 and err.max() < 0.12  # 60 seeds: mean ≤ 0.02, max ≤ 0.075
+    by_class = np.abs(np.array(ds["mean_answer_by_class"]) - np.array(confs))
+    assert by_class.mean() < 0.03  # one-hot answers: the same matrices, read off the posterior
+    assert np.abs(np.array(ds["class_prior"]) - PRIOR).max() < 0.1
     assert _acc(agg.probs, gold) > min(_acc(t, gold) for t in teachers) + 0.05
     if with_anchor:
         assert ds["anchor_clamped_rows"] == 200
@@ -231,7 +234,7 @@ def test_stacked_gives_the_anchor_out_of_fold_labels():
     st = agg.info["stacked"]
     assert st["C"] in st["Cs"] and st["folds"] == 5 and st["features"] == 2 * K + 2
     assert 0.5 < st["anchor_accuracy_out_of_fold"] < 1
-    assert agg.info["anchor_accuracy"] == {**agg.info["anchor_accuracy"], "kind": "out_of_fold"}
+    assert agg.info["anchor_accuracy"]["kind"] == "out_of_fold"
     assert agg.probs[idx].max(1).mean() < 0.95  # not one-hot copies of the gold
 
 
