@@ -162,7 +162,8 @@ def main() -> None:
     ap.add_argument("--dev-size", type=int, default=500)
     ap.add_argument("--max-train", type=int, default=1200)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--options", default="405b,label-model,confident-drop,confident-down,self-train",
+    ap.add_argument("--options",
+                    default="405b,label-model,confident-drop,confident-down,self-train",
                     help="student options (step 2)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
@@ -213,7 +214,8 @@ def main() -> None:
                         args.dev_size, seed=13)
     pool = rest[~rest["id"].isin(pool_ids)][["id", "text"]]
     pool.to_parquet(work / "pool.parquet")
-    options = {"405b": ("first", "none", {}), "label-model": (best["method"], best["calibration"], {}),
+    options = {"405b": ("first", "none", {}),
+               "label-model": (best["method"], best["calibration"], {}),
                "confident-drop": (best["method"], best["calibration"], {"confident": "drop"}),
                "confident-down": (best["method"], best["calibration"],
                                   {"confident": "downweight"}),
@@ -274,7 +276,8 @@ def main() -> None:
                      f"{np.mean(r['test']):.1%} |")
     lines += ["", "### Step 2: students (minilm-l6), chosen on dev", "",
               "| model | test accuracy, seed 42 [95% CI] | macro-F1 [95% CI] | test mean ± sd "
-              "(seeds) | dev mean ± sd | McNemar p vs 405B |", "| --- | --- | --- | --- | --- | --- |"]
+              "(seeds) | dev mean ± sd | McNemar p vs 405B |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         p = "—" if r["p_vs_teacher"] is None else f"{r['p_vs_teacher']:.3g}"
         ts = r.get("test_seeds")
@@ -285,10 +288,11 @@ def main() -> None:
         lines.append(f"| {name} | {fmt_ci(r['accuracy'])} | {fmt_ci(r['macro_f1'], False)} | "
                      f"{ts_s} | {ds_s} | {p} |")
     wall = time.perf_counter() - t0
-    lines += ["", f"n = {len(test_gold)} gold test tweets; dev = {len(dev_gold)} train.csv tweets; "
-              f"{int((store['split'] == 'train').sum())} training tweets; anchor 200 gold training "
-              f"rows per seed; pool {len(pool)} unlabelled train.csv tweets. Wall {wall / 60:.1f} min "
-              f"on {os.cpu_count()} cores ({hardware()['cpu']})."]
+    n_train = int((store["split"] == "train").sum())
+    lines += ["", f"n = {len(test_gold)} gold test tweets; dev = {len(dev_gold)} train.csv "
+              f"tweets; {n_train} training tweets; anchor 200 gold training rows per seed; pool "
+              f"{len(pool)} unlabelled train.csv tweets. Wall {wall / 60:.1f} min on "
+              f"{os.cpu_count()} cores ({hardware()['cpu']})."]
     text = "\n".join(lines) + "\n"
     print(text)
     (args.out / "table.md").write_text(text, encoding="utf-8")

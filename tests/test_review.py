@@ -85,13 +85,14 @@ def test_an_unsure_disagreement_ranks_above_a_confident_agreement(teachers, issu
     assert picked["score"].is_monotonic_decreasing
 
 
-def test_never_picks_test_rows_and_respects_k_and_exclusions():
+@pytest.mark.parametrize("held_out", ["test", "validation"])
+def test_picks_training_rows_only_and_respects_k_and_exclusions(held_out):
     store, probs = make_store()
-    for i in store.index[store["split"] == "test"]:  # make test rows the most tempting
-        set_row(store, probs, i, [0.34, 0.33, 0.33], [0.33, 0.34, 0.33], split="test")
+    for i in store.index[store["split"] == held_out]:  # make held-out rows the most tempting
+        set_row(store, probs, i, [0.34, 0.33, 0.33], [0.33, 0.34, 0.33], split=held_out)
     everything = pick_for_review(store, probs, LABELS, k=10_000)
-    assert set(everything["split"]) <= {"train", "validation"}
-    assert len(everything) == int((store["split"] != "test").sum())
+    assert set(everything["split"]) == {"train"}
+    assert len(everything) == int((store["split"] == "train").sum())
     assert len(pick_for_review(store, probs, LABELS, k=5)) == 5
     top = everything["id"].iloc[0]
     again = pick_for_review(store, probs, LABELS, k=5, exclude_ids={top})
@@ -432,7 +433,7 @@ def test_review_command_writes_the_folder(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     folder = run_dir / "review"
     sheet = pd.read_csv(folder / REVIEW_CSV, dtype=str, keep_default_na=False)
-    assert len(sheet) == 7 and set(sheet["split"]) <= {"train", "validation"}
+    assert len(sheet) == 7 and set(sheet["split"]) == {"train"}
     assert "--anchor" in result.output and "labelstudio_tasks.json" in result.output
     probs = sheet[[f"student_prob_{lab}" for lab in LABELS]].astype(float).to_numpy()
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-3)

@@ -265,13 +265,13 @@ def review_cmd(
     result = review_run(run_dir, k, out, overwrite, exclude)
     files = result.files
     why = ", ".join(f"{r} {n}" for r, n in sorted(result.reasons.items(), key=lambda x: -x[1]))
-    err.print(f"picked {result.picked} of {result.candidates} non-test texts "
+    err.print(f"picked {result.picked} of {result.candidates} training texts "
               f"({result.excluded} already labelled, skipped){f': {why}' if why else ''}",
               highlight=False)
     for path in files.values():
         err.print(f"wrote {path}", highlight=False)
     err.print("label them: fill the empty label column of review.csv, or in Label Studio "
-              "(pip install label-studio; label-studio start --host 127.0.0.1) create a "
+              "(pip install label-studio; label-studio start --internal-host 127.0.0.1) create a "
               f"project with the labeling config {files['labelstudio_config.xml'].name}, import "
               f"{files['labelstudio_tasks.json'].name}, label, then Export → JSON", highlight=False)
     err.print("bring them back: llmdistill run --anchor FILE, or llmdistill train --anchor FILE",

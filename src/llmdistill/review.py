@@ -3,7 +3,7 @@
 
 The anchor (a few hundred gold-labelled training texts) measures and corrects the teacher's
 noise (`student.noise`). Labelling texts at random spends most of that effort where the teacher,
-the student and the label model already agree; `pick_for_review` ranks the non-test rows of a
+the student and the label model already agree; `pick_for_review` ranks the training rows of a
 run's store by how much a human label is likely to change, `write_review` writes the review
 folder, and `read_anchor` reads a filled-in review CSV or any of Label Studio's exports (JSON,
 JSON-MIN, CSV) into `id, text, text_hash, gold`.
@@ -79,7 +79,7 @@ def candidates(store: pd.DataFrame, exclude_ids: set[str] | None = None) -> pd.D
 
 def pick_for_review(store: pd.DataFrame, student_probs: np.ndarray, labels: list[str], k: int,
                     exclude_ids: set[str] | None = None) -> pd.DataFrame:
-    """The `k` non-test rows whose human label would help most, best first.
+    """The `k` training rows (see `candidates`) whose human label would help most, best first.
 
     `student_probs` is (len(store), len(labels)), aligned with `store`'s rows. Each row's score
     is the weighted mean of `WEIGHTS`' terms; a row the teacher failed on (status not ok) has
@@ -99,8 +99,9 @@ def pick_for_review(store: pd.DataFrame, student_probs: np.ndarray, labels: list
     scored = _score(store.reset_index(drop=True), probs, labels)
     pool = candidates(scored, exclude_ids)
     if pool.empty:
-        raise DataError(f"no texts to review: all {len(store)} rows are test rows or excluded; "
-                        "pick from a run with training texts, or exclude fewer")
+        raise DataError(f"no texts to review: none of the {len(store)} rows is a training row "
+                        "that is not excluded; pick from a run with training texts, or exclude "
+                        "fewer")
     pool = pool.sort_values(["score", "text_hash", "id"], ascending=[False, True, True],
                             kind="mergesort")
     return pool.drop_duplicates("text_hash").head(k).reset_index(drop=True)
@@ -560,8 +561,8 @@ class ReviewResult:
     out_dir: Path
     files: dict[str, Path]
     picked: int
-    candidates: int
-    excluded: int
+    candidates: int  # training texts not excluded, all scored
+    excluded: int  # training texts skipped: the trained anchor's, and those of `exclude` files
     reasons: dict[str, int]
 
 
@@ -643,7 +644,8 @@ def review_run(run_dir: Path, k: int = DEFAULT_K, out: Path | None = None,
         skip |= set(read_anchor(Path(f), labels, data=store)["id"])
     pool = candidates(store, skip)
     if pool.empty:
-        raise DataError(f"no texts to review in {run_dir}: all are test rows or excluded")
+        raise DataError(f"no texts to review in {run_dir}: every training text is excluded; "
+                        "exclude fewer files")
     clf = StudentClassifier.load(student_dir)
     if sorted(clf.labels) != sorted(labels):
         raise UsageError(f"the student predicts {clf.labels} but the store's labels are "
@@ -657,6 +659,5 @@ def review_run(run_dir: Path, k: int = DEFAULT_K, out: Path | None = None,
         for reason in filter(None, text.split("; ")):
             key = "teacher failed" if reason.startswith("teacher failed") else reason
             counts[key] = counts.get(key, 0) + 1
-    test = int((store["split"].astype(str) == "test").sum()) if "split" in store.columns else 0
-    return ReviewResult(out_dir, files, len(picked), len(pool), len(store) - test - len(pool),
+    return ReviewResult(out_dir, files, len(picked), len(pool), len(candidates(store)) - len(pool),
                         counts)
