@@ -14,8 +14,10 @@ Which data decides what (no test gold is used for any choice):
 - dev gold: the accuracy that would choose between settings; the 904 gold tweets of
   total_tests.csv: the reported accuracy, recorded at every round.
 
-One process with 2 torch threads is the default: on a smoke run (2 jobs of 3 rounds) it took
-131 s against 151 s for 2 worker processes × 1 thread (`--workers 2 --threads 1`).
+A killed benchmark resumes: finished runs are kept in OUT/runs/, unfinished ones resume from
+OUT/work/ (active_distill's own resume). One process with 2 torch threads is the default: on a
+smoke run (2 jobs of 3 rounds) it took 131 s against 151 s for 2 worker processes × 1 thread
+(`--workers 2 --threads 1`).
 
     flock /tmp/cpu.lock .venv/bin/python bench/active_vs_random.py   # ≈ 35-40 min on 2 cores
     .venv/bin/python bench/active_vs_random.py --seeds 1 --budget 200 --seed-size 100 \\
@@ -24,12 +26,14 @@ One process with 2 torch threads is the default: on a smoke run (2 jobs of 3 rou
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # the trainer's per-step bars would flood the log
+
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -74,12 +78,24 @@ def run_job(job: dict) -> dict:
     from llmdistill.active import STATE_FILE, active_distill
     from llmdistill.config import ActiveConfig, StudentConfig, TeacherConfig
 
+    teacher = TeacherConfig(spec=job["teacher"], n_demos=0)
+    student = StudentConfig(**STUDENT, seed=42 + job["seed"], threads=job["threads"])
+    active = ActiveConfig(budget=job["budget"], seed_size=job["seed_size"], step=job["step"],
+                          strategy=job["strategy"])
+    name = f"{job['strategy']}-seed{job['seed']}"
+    keep = Path(job["runs_dir"]) / f"{name}.json"
+    if keep.exists():  # finished by an earlier, interrupted invocation with the same settings
+        done = json.loads(keep.read_text(encoding="utf-8"))
+        if (done["config"]["student"] == student.model_dump(mode="json")
+                and done["config"]["active"] == active.model_dump(mode="json")):
+            print(f"  [{name}] reusing {keep}", flush=True)
+            return {"strategy": job["strategy"], "seed": job["seed"],
+                    "history": done["history"], "wall_seconds": None, "reused": True}
     torch.set_num_threads(job["threads"])
     hf_logging.set_verbosity_error()  # the encoder-only load report of every embedding pass
     work = Path(job["work"])
     pool, dev, test = (pd.read_parquet(work / f"{k}.parquet") for k in ("pool", "dev", "test"))
-    name = f"{job['strategy']}-seed{job['seed']}"
-    out, cache = work / name, work / f"{name}-cache"
+    out, cache = work / name, work / f"{name}-cache"  # a killed job resumes from these
     start = time.perf_counter()
 
     def progress(rec: dict) -> None:
@@ -93,14 +109,9 @@ def run_job(job: dict) -> dict:
                   f"{mine * p['total_units'] / p['job_units'] / p['workers'] / 60:.0f} min "
                   f"({p['jobs']} jobs on {p['workers']} worker(s))", flush=True)
 
-    teacher = TeacherConfig(spec=job["teacher"], n_demos=0)
-    student = StudentConfig(**STUDENT, seed=42 + job["seed"], threads=job["threads"])
-    active = ActiveConfig(budget=job["budget"], seed_size=job["seed_size"], step=job["step"],
-                          strategy=job["strategy"])
     result = active_distill(pool, dev, LABELS, teacher, student, active, cache, out,
                             seed=job["seed"], evaluate_on={"dev": dev, "test": test},
                             on_round=progress)
-    keep = Path(job["runs_dir"]) / f"{name}.json"
     keep.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(keep, (out / STATE_FILE).read_text(encoding="utf-8"))
     shutil.rmtree(out, ignore_errors=True)
@@ -234,7 +245,8 @@ def main() -> None:
     dev_in = dev[["id", "text", "gold"]].rename(columns=as_input)
     test = test_ann[["id", "text", "gold"]].rename(columns=as_input)
     teacher_test = float(np.mean(test_ann["label"].to_numpy() == test_ann["gold"].to_numpy()))
-    work = Path(tempfile.mkdtemp(prefix="active-bench-", dir=args.out))
+    work = args.out / "work"  # kept until the end: a rerun resumes unfinished jobs from it
+    work.mkdir(exist_ok=True)
     for name, frame in (("pool", pool), ("dev", dev_in), ("test", test)):
         frame.to_parquet(work / f"{name}.parquet")
     steps = -(-(args.budget - args.seed_size) // args.step)
@@ -274,7 +286,10 @@ def main() -> None:
         reach_sentence(summary["reach"]["dev"], "dev gold"),
         "",
         f"Wall time {wall / 60:.1f} min on {os.cpu_count()} cores ({hardware()['cpu']}), "
-        f"{args.workers} worker(s) × {args.threads} thread(s).",
+        f"{args.workers} worker(s) × {args.threads} thread(s)"
+        + (f"; {reused} of {len(results)} runs were finished by an earlier, interrupted "
+           "invocation and reused" if (reused := sum(bool(r.get("reused")) for r in results))
+           else "") + ".",
     ]
     text = table + "\n" + "\n".join(notes) + "\n"
     print()

@@ -41,6 +41,7 @@ from llmdistill.evaluate import classification_metrics, compare, hardware  # noq
 OPTIONS = {
     "today": ("qwen, the demo's prompt (today)", [0], "first", "none"),
     "stacked1": ("qwen, stacked on the anchor", [0], "stacked", "temperature_bias"),
+    "temperature1": ("qwen, temperature-calibrated", [0], "mean", "temperature"),
     "mean3": ("3 prompts, mean", [0, 1, 2], "mean", "temperature_bias"),
     "stacked3": ("3 prompts, stacked", [0, 1, 2], "stacked", "temperature_bias"),
 }

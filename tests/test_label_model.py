@@ -320,3 +320,16 @@ def test_fit_calibration_bad_input():
         fit_calibration(nan, gold, "temperature")
     with pytest.raises(DataError):
         fit_calibration(probs, gold + K, "temperature")
+
+
+def test_auto_method_follows_the_benchmarks_choice_by_teacher_count_and_anchor():
+    from llmdistill.config import LabelModelConfig
+    from llmdistill.label_model import resolve_method
+
+    auto = LabelModelConfig()
+    assert (resolve_method(auto, 1, True).method, resolve_method(auto, 1, True).calibration) == \
+        ("first", "none")
+    assert resolve_method(auto, 2, True).method == "stacked"
+    assert resolve_method(auto, 3, False).method == "mean"
+    explicit = LabelModelConfig(method="dawid_skene")
+    assert resolve_method(explicit, 1, True) is explicit

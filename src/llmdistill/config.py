@@ -132,14 +132,17 @@ class LabelModelConfig(_Strict):
     which to use when.
     """
 
-    method: Literal["first", "mean", "dawid_skene", "stacked", "snorkel"] = Field(
-        "mean", description="first: the first teacher alone; mean: mean of the calibrated "
+    method: Literal["auto", "first", "mean", "dawid_skene", "stacked", "snorkel"] = Field(
+        "auto", description="auto: several teachers → stacked (mean without an anchor), one "
+                            "teacher → first, uncalibrated (the benchmarks' choices on dev); "
+                            "first: the first teacher alone; mean: mean of the calibrated "
                             "probabilities; dawid_skene: EM over the teachers' answers with "
                             "confusion matrices started from the anchor; stacked: logistic "
                             "regression on the teachers' log-probabilities fitted on the anchor; "
-                            "snorkel: snorkel's LabelModel on the teachers' votes")
+                            "snorkel: snorkel's LabelModel on the teachers' votes (≥ 3 teachers)")
     calibration: Literal["none", "temperature", "temperature_bias"] = Field(
-        "temperature", description="per teacher, fitted on the anchor before aggregating")
+        "temperature_bias", description="per teacher, fitted on the anchor before aggregating "
+                                        "(method auto with one teacher: none)")
     folds: int = Field(5, ge=2, description="cross-validation folds for `stacked` (its C and the "
                                             "anchor rows' own out-of-fold labels)")
     max_iter: int = Field(100, ge=1, description="EM iterations for dawid_skene")

@@ -463,6 +463,17 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
     return -(probs * logs).sum(axis=1)  # NaN rows stay NaN
 
 
+def resolve_method(cfg: LabelModelConfig, teachers: int, anchored: bool) -> LabelModelConfig:
+    """`method: auto` → what the benchmarks chose on dev: with several teachers `stacked` on the
+    anchor (`mean` without one; bench/beyond_teacher.py), with one teacher `first`, uncalibrated
+    (bench/demo_teachers.py). Any other method is returned as it is."""
+    if cfg.method != "auto":
+        return cfg
+    if teachers == 1:
+        return cfg.model_copy(update={"method": "first", "calibration": "none"})
+    return cfg.model_copy(update={"method": "stacked" if anchored else "mean"})
+
+
 def aggregate(teacher_probs: list[np.ndarray], labels: list[str],
               cfg: LabelModelConfig | None = None, anchor_index: np.ndarray | None = None,
               anchor_gold: np.ndarray | None = None, seed: int = 0) -> Aggregate:
@@ -472,7 +483,7 @@ def aggregate(teacher_probs: list[np.ndarray], labels: list[str],
     `anchor_index` row positions of the gold anchor, `anchor_gold` their class ids (both or
     neither). The result has a probability row for every text some teacher answered.
     """
-    cfg = cfg or LabelModelConfig()
+    cfg = resolve_method(cfg or LabelModelConfig(), len(teacher_probs), anchor_index is not None)
     probs = _check_teachers(teacher_probs, labels)
     n, k = probs[0].shape
     anchor = _check_anchor(anchor_index, anchor_gold, n, k)

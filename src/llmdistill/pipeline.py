@@ -193,7 +193,7 @@ def choose_anchor(store: pd.DataFrame, labels: list[str], cfg: StudentConfig,
 def aggregate_teachers(store: pd.DataFrame, labels: list[str], cfg: LabelModelConfig,
                        anchor: pd.DataFrame | None, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """The label model over the store's teachers: one soft label and its entropy per row."""
-    from llmdistill.label_model import aggregate
+    from llmdistill.label_model import aggregate, resolve_method
 
     if not teacher_count(store):  # a store written before several teachers existed
         store = merge_teachers([store], labels)
@@ -203,6 +203,7 @@ def aggregate_teachers(store: pd.DataFrame, labels: list[str], cfg: LabelModelCo
         position = {h: i for i, h in enumerate(store["text_hash"])}
         index = anchor["text_hash"].map(position).to_numpy(dtype=np.int64)
         gold = anchor["gold"].map({lab: j for j, lab in enumerate(labels)}).to_numpy(np.int64)
+    cfg = resolve_method(cfg, len(probs), index is not None)
     fallback = None
     if index is None and cfg.method == "stacked":  # nothing to fit it on: say so, don't fail
         fallback = ("no gold anchor (no gold labels in the training rows, anchor_size 0, and no "
