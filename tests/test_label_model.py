@@ -159,7 +159,7 @@ def test_every_method_gives_probability_rows_and_nan_only_without_answers(method
 
 def test_first_falls_back_to_the_others_and_mean_is_the_mean():
     _, gold, teachers = _three_teachers(6)
-    first = aggregate(teachers, LABELS, _cfg("first", "none")).probs
+    first = aggregate(teachers, LABELS, _cfg("first", "temperature")).probs
     mean = aggregate(teachers, LABELS, _cfg("mean", "none")).probs
     answered = np.stack([~np.isnan(t).all(1) for t in teachers], 1)
     total = sum(np.nan_to_num(t) for t in teachers)
@@ -328,7 +328,7 @@ def test_auto_method_follows_the_benchmarks_choice_by_teacher_count_and_anchor()
 
     auto = LabelModelConfig()
     assert (resolve_method(auto, 1, True).method, resolve_method(auto, 1, True).calibration) == \
-        ("first", "none")
+        ("first", "temperature")
     assert resolve_method(auto, 2, True).method == "stacked"
     assert resolve_method(auto, 3, False).method == "mean"
     explicit = LabelModelConfig(method="dawid_skene")

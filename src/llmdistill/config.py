@@ -134,7 +134,8 @@ class LabelModelConfig(_Strict):
 
     method: Literal["auto", "first", "mean", "dawid_skene", "stacked", "snorkel"] = Field(
         "auto", description="auto: several teachers → stacked (mean without an anchor), one "
-                            "teacher → first, uncalibrated (the benchmarks' choices on dev); "
+                            "teacher → first with a temperature (the benchmarks' choices on "
+                            "dev); "
                             "first: the first teacher alone; mean: mean of the calibrated "
                             "probabilities; dawid_skene: EM over the teachers' answers with "
                             "confusion matrices started from the anchor; stacked: logistic "
@@ -142,7 +143,7 @@ class LabelModelConfig(_Strict):
                             "snorkel: snorkel's LabelModel on the teachers' votes (≥ 3 teachers)")
     calibration: Literal["none", "temperature", "temperature_bias"] = Field(
         "temperature_bias", description="per teacher, fitted on the anchor before aggregating "
-                                        "(method auto with one teacher: none)")
+                                        "(method auto with one teacher: temperature)")
     folds: int = Field(5, ge=2, description="cross-validation folds for `stacked` (its C and the "
                                             "anchor rows' own out-of-fold labels)")
     max_iter: int = Field(100, ge=1, description="EM iterations for dawid_skene")
