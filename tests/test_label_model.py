@@ -62,12 +62,21 @@ def _cfg(method: str, calibration: str = "temperature") -> LabelModelConfig:
     return LabelModelConfig(method=method, calibration=calibration)
 
 
-def _has_snorkel() -> bool:
+def _snorkel_importable() -> bool:
     try:
         import snorkel.labeling.model  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+# decided once, at collection: the "snorkel missing" test hides the module from sys.modules, and
+# a check made after it (in a random order) would wrongly skip the snorkel tests
+_HAS_SNORKEL = _snorkel_importable()
+
+
+def _has_snorkel() -> bool:
+    return _HAS_SNORKEL
 
 
 # ---------------------------------------------------------------- calibration
