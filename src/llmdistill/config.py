@@ -83,10 +83,59 @@ class TeacherConfig(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
 
 
-class StudentConfig(_Strict):
-    """The small encoder and its distillation recipe."""
+class LoraConfig(_Strict):
+    """LoRA adapters (peft) on the student: only they and the classification head train."""
 
-    model: str = Field("minilm-l6", description="embedded name, HF id or local folder")
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: int = Field(16, ge=1, description="scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; None: peft's default for the architecture")
+
+
+class FeatureLossConfig(_Strict):
+    """Feature distillation: align the student's pooled representation to the teacher's hidden
+    state (a learned projection maps one onto the other)."""
+
+    weight: float = Field(0.0, ge=0.0, description="weight of the auxiliary loss; 0: off")
+    kind: Literal["cosine", "mse"] = Field("cosine", description="distance after projection")
+
+
+class TfidfConfig(_Strict):
+    """The `tfidf` student: word and character n-gram TF-IDF into logistic regression."""
+
+    word_ngrams: int = Field(2, ge=1, description="word n-grams up to this n")
+    char_ngrams: int = Field(5, ge=0, description="character n-grams (2..n) too; 0: none")
+    max_features: int = Field(100_000, ge=1, description="per analyzer")
+
+
+class StaticConfig(_Strict):
+    """The `model2vec` student: static token embeddings distilled from an encoder (Model2Vec),
+    mean-pooled, into logistic regression."""
+
+    base: str = Field("minilm-l6", description="encoder to distil (embedded name or folder), "
+                                               "or a Model2Vec folder to use as it is")
+    pca_dims: int | None = Field(256, ge=2, description="embedding width after PCA; None: keep")
+
+
+class StudentConfig(_Strict):
+    """The student model and its distillation recipe."""
+
+    model: str = Field("minilm-l6",
+                       description="embedded name (minilm-l6, smollm2-135m), HF id or local "
+                                   "folder, or a kind: tfidf, model2vec")
+    lora: LoraConfig | None = Field(None, description="train LoRA adapters instead of all "
+                                                      "weights; saved merged into a plain folder")
+    feature_loss: FeatureLossConfig = Field(default_factory=FeatureLossConfig)
+    rationale_weight: float = Field(
+        0.0, ge=0.0, description="the teacher's rationales as extra training texts with its "
+                                 "label, at this loss weight; 0: off")
+    tfidf: TfidfConfig = Field(default_factory=TfidfConfig)
+    static: StaticConfig = Field(default_factory=StaticConfig)
+    head_c: list[float] = Field(
+        default_factory=lambda: [0.25, 1.0, 4.0, 16.0],
+        description="inverse regularisation strengths tried for the tfidf/model2vec head; the "
+                    "one agreeing most with the teacher on validation is kept")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft (KL) term")
     temperature: float = Field(2.0, gt=0.0)
     epochs: int = Field(6, ge=1)
@@ -280,6 +329,9 @@ class RunConfig(_Strict):
     anchor: Path | None = Field(None, description="reviewed gold labels (review CSV or Label "
                                                   "Studio JSON export) used as the anchor")
     student: StudentConfig = Field(default_factory=StudentConfig)
+    students: list[StudentConfig] = Field(
+        default_factory=list, description="`llmdistill compare`: several students, each merged "
+                                          "over `student`, trained on the same annotations")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
@@ -292,21 +344,16 @@ class RunConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _merge_teachers(cls, raw: Any) -> Any:
-        """Each `teachers` entry is a partial teacher merged over `teacher`."""
-        if not isinstance(raw, dict) or not raw.get("teachers"):
+    def _merge_entries(cls, raw: Any) -> Any:
+        """Each `teachers` (`students`) entry is a partial teacher (student) merged over
+        `teacher` (`student`); a bare string is its spec (model)."""
+        if not isinstance(raw, dict):
             return raw
-        base = raw.get("teacher") or {}
-        if isinstance(base, BaseModel):
-            base = base.model_dump(mode="json")
-        entries = []
-        for t in raw["teachers"]:
-            if isinstance(t, str):
-                t = {"spec": t}
-            if isinstance(t, BaseModel):
-                t = t.model_dump(mode="json", exclude_unset=True)
-            entries.append(_deep_merge(base, t) if isinstance(t, dict) else t)
-        return {**raw, "teachers": entries}
+        out = dict(raw)
+        for many, one, key in (("teachers", "teacher", "spec"), ("students", "student", "model")):
+            if out.get(many):
+                out[many] = _merged_entries(out.get(one), out[many], key)
+        return out
 
     def all_teachers(self) -> list[TeacherConfig]:
         """The teachers of this run, in order: `teachers`, or `teacher` alone."""
@@ -360,6 +407,21 @@ def load_config(path: Path | None, base: RunConfig | None = None) -> RunConfig:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise UsageError(f"config {path}: {where}: {err['msg']}") from None
+
+
+def _merged_entries(base: Any, entries: list, key: str) -> list:
+    """Partial entries (dicts, models or bare `key` strings) merged over `base`."""
+    base = base or {}
+    if isinstance(base, BaseModel):
+        base = base.model_dump(mode="json")
+    out = []
+    for e in entries:
+        if isinstance(e, str):
+            e = {key: e}
+        if isinstance(e, BaseModel):
+            e = e.model_dump(mode="json", exclude_unset=True)
+        out.append(_deep_merge(base, e) if isinstance(e, dict) else e)
+    return out
 
 
 def _deep_merge(a: dict, b: dict) -> dict:

@@ -23,6 +23,7 @@ from llmdistill.data import clean_text
 from llmdistill.errors import UsageError
 from llmdistill.files import atomic_path, refuse_existing
 from llmdistill.student.record import StudentRecord
+from llmdistill.student.zoo import TRANSFORMERS, kind_module
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ _BATCH = StudentConfig().inference_batch_size
 class StudentClassifier:
     """A loaded student: texts in, label probabilities out, on CPU unless told otherwise.
 
-    `backend` says what runs: "torch", "onnx-fp32" or "onnx-int8".
+    `backend` says what runs: "torch", "onnx-fp32" or "onnx-int8". `load` returns the zoo's
+    own classifier for a tfidf or model2vec folder (same attributes and methods).
     """
 
     def __init__(self, model, tokenizer, max_length: int, device: str = "cpu") -> None:
@@ -71,9 +73,15 @@ class StudentClassifier:
         falls back to PyTorch; "onnx" requires such an export; "torch" never uses one.
         """
         model_dir = Path(model_dir)
-        check_model_folder(model_dir)
         if backend not in ("auto", "torch", "onnx"):
             raise UsageError(f"unknown backend {backend!r}: use auto, torch or onnx")
+        record = StudentRecord.load_if_present(model_dir) if model_dir.is_dir() else None
+        if record is not None and record.kind != TRANSFORMERS:
+            if backend == "onnx":
+                raise UsageError(f"{model_dir} is a {record.kind} student, which runs in numpy "
+                                 "without ONNX: use --backend auto")
+            return kind_module(record.kind).load(model_dir, threads)
+        check_model_folder(model_dir)
         if backend != "torch" and device == "cpu":
             choice, why = usable_export(model_dir)
             if choice is not None:

@@ -27,6 +27,7 @@ class StudentRecord(BaseModel):
 
     llmdistill_version: str
     labels: list[str]
+    kind: str = Field("transformers", description="the zoo kind that loads it (student/zoo.py)")
     base_model: str | None = None
     student_config: dict[str, Any] = Field(default_factory=dict,
                                            description="the StudentConfig it was trained with")
@@ -92,7 +93,7 @@ class StudentRecord(BaseModel):
     @property
     def manifest(self) -> dict[str, Any]:
         """What the caller recorded about the run (teacher, data, metrics, base_model, ...)."""
-        own = set(RESULT_FIELDS) | {"llmdistill_version", "labels", "student_config"}
+        own = set(RESULT_FIELDS) | {"llmdistill_version", "labels", "kind", "student_config"}
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in own}
 
     def summary(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,109 +42,27 @@ from transformers.utils import logging as hf_logging
 from llmdistill import __version__
 from llmdistill.assets import ASSETS, student_path
 from llmdistill.config import StudentConfig
-from llmdistill.errors import DataError, UsageError
+from llmdistill.errors import UsageError
 from llmdistill.files import atomic_dir, refuse_existing
 from llmdistill.student.losses import distillation_loss, example_weights, noisy_log_probs
 from llmdistill.student.model_card import render_model_card
 from llmdistill.student.noise import (
     NoiseEstimate,
     class_factors,
-    estimate_noise,
     fold_into_bias,
     prior_shift,
-    sample_anchor,
-    with_gold_targets,
 )
 from llmdistill.student.record import StudentRecord
+from llmdistill.student.targets import (
+    TeacherTargets,
+    TrainResult,
+    prepare_targets,
+)
+from llmdistill.student.zoo import TRANSFORMERS, kind_module, kind_of
 
 logger = logging.getLogger(__name__)
 
-PROB_PREFIX = "prob_"
 METRIC = "agreement"
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced and how it went."""
-
-    model_dir: Path
-    used: int
-    skipped: int
-    best_epoch: float
-    validation_agreement: float
-    samples_per_second: float
-    train_seconds: float
-    parameters: int
-    flop_bound_samples_per_second: float = math.nan  # peak FLOP/s ÷ training FLOPs per text
-    peak_gflops: float = math.nan  # fp32 matmul rate measured in-process, all ranks together
-    tokens_per_text: float = math.nan  # mean unpadded tokens of a training text
-    noise: dict | None = None  # anchor size, teacher confusion, the corrections applied
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (the path as a string)."""
-        d = asdict(self)
-        d["model_dir"] = str(self.model_dir)
-        return d
-
-
-@dataclass
-class TeacherTargets:
-    """The usable (status == "ok") rows of one split: texts, teacher probabilities, labels."""
-
-    texts: list[str]
-    probs: np.ndarray  # (n, n_labels), rows sum to 1
-    label_ids: np.ndarray  # (n,), the teacher's label as an index into the label set
-    skipped: int
-    row_weights: np.ndarray | None = None  # (n,) from a `weight` column (pseudo-labels, flags)
-
-
-def prob_columns(labels: list[str]) -> list[str]:
-    """The annotation frame's teacher-probability columns, in label order."""
-    return [f"{PROB_PREFIX}{lab}" for lab in labels]
-
-
-def teacher_targets(frame: pd.DataFrame, labels: list[str], split: str) -> TeacherTargets:
-    """Pick the ok rows of an annotation frame and check their teacher probabilities."""
-    cols = prob_columns(labels)
-    missing = [c for c in ["text", "status", "label", *cols] if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{split} annotations lack column(s) {', '.join(missing)}: annotate with the label "
-            f"set {labels} first"
-        )
-    ok = frame[frame["status"].astype(str) == "ok"]
-    probs = ok[cols].to_numpy(dtype=np.float64, na_value=np.nan)
-    sums = probs.sum(axis=1)
-    bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | ~(sums > 0)
-    if bad.any():
-        first = ok["id"].iloc[int(np.argmax(bad))] if "id" in ok.columns else ok.index[bad][0]
-        raise DataError(
-            f"{int(bad.sum())} ok rows of {split} have missing or negative teacher probabilities "
-            f"(first: id {first}): re-annotate them or mark their status as failed"
-        )
-    unknown = sorted(set(ok["label"].astype(str)) - set(labels))
-    if unknown:
-        raise DataError(f"{split} has teacher labels {unknown} outside the label set {labels}")
-    index = {lab: i for i, lab in enumerate(labels)}
-    return TeacherTargets(
-        texts=ok["text"].fillna("").astype(str).tolist(),
-        probs=probs / sums[:, None] if len(ok) else probs.reshape(0, len(labels)),
-        label_ids=ok["label"].astype(str).map(index).to_numpy(dtype=np.int64),
-        skipped=len(frame) - len(ok),
-        row_weights=_row_weights(ok, split),
-    )
-
-
-def _row_weights(ok: pd.DataFrame, split: str) -> np.ndarray | None:
-    """The optional `weight` column (confident learning's down-weighting, self-training's
-    pseudo-labels): one finite weight ≥ 0 per row; a missing value means 1."""
-    if "weight" not in ok.columns:
-        return None
-    w = pd.to_numeric(ok["weight"], errors="coerce").fillna(1.0).to_numpy(dtype=np.float64)
-    if (w < 0).any() or not np.isfinite(w).all():
-        raise DataError(f"{split} has negative or infinite values in its weight column: "
-                        "weights must be ≥ 0")
-    return w
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -330,11 +248,10 @@ def train_student(
     out_dir = Path(out_dir)
     if not overwrite:
         refuse_existing(out_dir)
-    anchor_rows = _anchor_rows(anchor, validation, cfg)
-    noise = estimate_noise(anchor_rows, labels) if anchor_rows is not None else None
-    if cfg.anchor_targets == "gold" and anchor_rows is not None:
-        train = with_gold_targets(train, anchor_rows, labels)
-    tr, va = _usable_splits(train, validation, labels)
+    if (kind := kind_of(cfg.model)) != TRANSFORMERS:
+        return kind_module(kind).train(train, validation, labels, cfg, out_dir, manifest,
+                                       anchor=anchor, overwrite=overwrite)
+    tr, va, noise = prepare_targets(train, validation, labels, cfg, anchor)
     plan = _noise_plan(cfg, noise)
     weights = example_weights(tr.probs, cfg.confidence_weighting,
                               class_factors(plan["class_weights"], tr.label_ids, len(labels),
@@ -367,23 +284,6 @@ def train_student(
         if trainer.args.process_index == 0:
             shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     return result
-
-
-def _usable_splits(train: pd.DataFrame, validation: pd.DataFrame,
-                   labels: list[str]) -> tuple[TeacherTargets, TeacherTargets]:
-    """The ok rows of each split, checked; a split with none is an error."""
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise DataError(f"the label set {labels} needs at least two distinct labels")
-    tr = teacher_targets(train, labels, "train")
-    va = teacher_targets(validation, labels, "validation")
-    for name, t in (("train", tr), ("validation", va)):
-        if t.skipped:
-            logger.warning("%s: skipped %d rows the teacher did not annotate (status != ok)",
-                           name, t.skipped)
-    if not tr.texts or not va.texts:
-        split = "train" if not tr.texts else "validation"
-        raise DataError(f"the {split} split has no rows annotated ok: nothing to learn from")
-    return tr, va
 
 
 def _trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tr: TeacherTargets,
@@ -498,20 +398,6 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: P
 
 
 ANCHOR_OPTIONS = ("prior_correction", "forward_correction")
-
-
-def _anchor_rows(anchor: pd.DataFrame | None, validation: pd.DataFrame,
-                 cfg: StudentConfig) -> pd.DataFrame | None:
-    """Sample and check the anchor: gold-labelled training rows, none of them in validation."""
-    if anchor is None or cfg.anchor_size == 0:
-        return None
-    rows = sample_anchor(anchor, cfg.anchor_size, cfg.seed)
-    if "text" in validation.columns:
-        leaked = set(rows["text"].astype(str)) & set(validation["text"].astype(str))
-        if leaked:
-            raise DataError(f"{len(leaked)} anchor texts are in the validation split: sample "
-                            "the anchor from training rows only")
-    return rows
 
 
 def _noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None) -> dict[str, Any]:
