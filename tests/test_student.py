@@ -273,3 +273,95 @@ def test_predict_on_no_texts_is_empty(trained) -> None:
     assert clf.predict_proba([]).shape == (0, 3)
     assert clf.predict([]) == []
     assert clf.parameters == trained[0].parameters
+
+
+# ---- LoRA, decoder students, feature distillation -----------------------------------------------
+
+def _saved_keys(model_dir: Path) -> set[str]:
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for f in model_dir.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            keys |= set(st.keys())
+    return keys
+
+
+def test_lora_student_trains_only_adapters_and_saves_a_plain_merged_folder(
+        tiny_bert_dir, toy_split, tmp_path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from llmdistill.config import LoraConfig
+    from llmdistill.student.train import load_student
+
+    model, _ = load_student(str(tiny_bert_dir), LABELS, LoraConfig(r=4, alpha=8))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    train, val = toy_split
+    out = tmp_path / "lora"
+    train_student(train, val, LABELS, tiny_cfg(tiny_bert_dir, lora={"r": 4, "alpha": 8},
+                                               anchor_size=0), out)
+    assert not any("lora" in k for k in _saved_keys(out))
+    plain = AutoModelForSequenceClassification.from_pretrained(str(out))  # no peft needed
+    assert plain.config.num_labels == 3
+    clf = StudentClassifier.load(out)
+    probs = clf.predict_proba(val["text"].tolist())
+    assert np.allclose(probs.sum(1), 1.0)
+
+
+def test_lora_target_modules_the_model_lacks_are_a_one_line_error_naming_its_layers(
+        tiny_bert_dir) -> None:
+    from llmdistill.config import LoraConfig
+    from llmdistill.student.train import load_student
+
+    with pytest.raises(UsageError) as e:
+        load_student(str(tiny_bert_dir), LABELS, LoraConfig(target_modules=["q_proj"]))
+    assert "\n" not in str(e.value) and "query" in str(e.value)
+
+
+def test_decoder_lm_becomes_a_classifier_that_pads_with_its_end_token(tmp_path) -> None:
+    from tiny_lm import make_tiny_lm
+    from transformers import AutoTokenizer
+
+    from llmdistill.student.train import load_student
+
+    path = make_tiny_lm(tmp_path / "lm")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.pad_token = None
+    tok.eos_token = "<|im_end|>"
+    tok.save_pretrained(str(path))
+    model, tokenizer = load_student(str(path), LABELS)
+    assert tokenizer.pad_token == "<|im_end|>"
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    enc = tokenizer(["i love it", "this movie was very bad !"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert model(**enc).logits.shape == (2, 3)
+
+
+def _with_features(frame: pd.DataFrame, width: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    out = frame.copy()
+    out["teacher_features"] = [rng.normal(size=width).astype(np.float32) for _ in range(len(out))]
+    return out
+
+
+def test_feature_loss_trains_a_projection_that_is_not_saved(tiny_bert_dir, toy_split,
+                                                            tmp_path) -> None:
+    train, val = toy_split
+    out = tmp_path / "feat"
+    cfg = tiny_cfg(tiny_bert_dir, feature_loss={"weight": 0.5}, anchor_size=0, epochs=2)
+    train_student(_with_features(train, 12, 0), val, LABELS, cfg, out)
+    assert not any("feature_projection" in k for k in _saved_keys(out))
+    assert StudentClassifier.load(out).predict_proba(["good"]).shape == (1, 3)
+
+
+def test_feature_loss_without_hidden_states_or_with_mixed_widths_is_a_data_error(
+        tiny_bert_dir, toy_split, tmp_path) -> None:
+    train, val = toy_split
+    cfg = tiny_cfg(tiny_bert_dir, feature_loss={"weight": 0.5}, anchor_size=0)
+    with pytest.raises(DataError, match="no teacher_features column"):
+        train_student(train, val, LABELS, cfg, tmp_path / "a")
+    mixed = _with_features(train, 12, 0)
+    mixed.at[3, "teacher_features"] = np.zeros(7, dtype=np.float32)
+    with pytest.raises(DataError, match="wrong size"):
+        train_student(mixed, val, LABELS, cfg, tmp_path / "b")

@@ -90,6 +90,31 @@ class AnnotationCache:
             self.db.execute("INSERT OR REPLACE INTO costs VALUES (?,?,?,?)",
                             [teacher, prompt_hash, h, a.cost])
 
+    def get_vectors(self, model: str, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """Cached hidden-state vectors of `model` (teachers/hidden.py) by text hash."""
+        self._vectors_table()
+        out: dict[str, np.ndarray] = {}
+        hashes = list(hashes)
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i:i + 500]
+            rows = self.db.execute(
+                f"SELECT text_hash, vec FROM vectors WHERE model=? AND text_hash IN "
+                f"({','.join('?' * len(chunk))})", [model, *chunk])
+            out.update({h: np.frombuffer(v, dtype=np.float32).copy() for h, v in rows})
+        return out
+
+    def put_vectors(self, model: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        """Commit a batch of (text hash, vector) in one transaction."""
+        self._vectors_table()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?,?,?)",
+                [(model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items])
+
+    def _vectors_table(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, text_hash TEXT, "
+                        "vec BLOB, PRIMARY KEY (model, text_hash))")
+
     def close(self) -> None:
         self.db.close()
 
@@ -196,6 +221,32 @@ def to_frame(frame: pd.DataFrame, hashes: pd.Series, done: dict[str, Annotation]
     out["teacher"] = teacher.id
     out["prompt_hash"] = teacher.prompt_hash
     out["raw"] = [a.raw for a in anns]
+    return out
+
+
+FEATURES_COLUMN = "teacher_features"
+
+
+def hidden_states(frame: pd.DataFrame, embedder, cache: AnnotationCache) -> pd.DataFrame:
+    """`frame` with the embedder's vector of each text in `teacher_features` (feature
+    distillation); vectors are committed to the cache batch by batch, so a rerun resumes."""
+    hashes = frame["text"].map(text_hash)
+    unique = dict(zip(hashes, frame["text"], strict=True))
+    done = cache.get_vectors(embedder.id, unique)
+    todo = [h for h in unique if h not in done]
+    if todo:
+        with progress_bar() as bar:
+            task = bar.add_task("teacher hidden states", total=len(todo), rate="")
+            start = time.perf_counter()
+            for i in range(0, len(todo), embedder.batch_size):
+                batch = todo[i:i + embedder.batch_size]
+                vecs = embedder.embed([unique[h] for h in batch])
+                cache.put_vectors(embedder.id, zip(batch, vecs, strict=True))
+                done.update(zip(batch, vecs, strict=True))
+                rate = (i + len(batch)) / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, completed=i + len(batch), rate=f"{rate:.2f} texts/s")
+    out = frame.copy()
+    out[FEATURES_COLUMN] = [done[h] for h in hashes]
     return out
 
 

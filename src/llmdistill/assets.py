@@ -130,3 +130,20 @@ def student_path(name: str) -> str:
     if name == "minilm-l6":
         return str(minilm_dir())
     return name
+
+
+def student_source(name: str) -> tuple[str, str | None]:
+    """What `from_pretrained` reads for a student: (folder or HF id, GGUF file name or None).
+
+    The embedded `smollm2-135m` and any `*.gguf` path are decoder LMs that transformers
+    dequantizes from GGUF (`gguf_file=`) into a classifier.
+    """
+    if name == "smollm2-135m":
+        gguf = smollm2_gguf()
+        return str(gguf.parent), gguf.name
+    if name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"student GGUF file {name} not found: check the path")
+        return str(path.parent), path.name
+    return student_path(name), None

@@ -99,6 +99,9 @@ class FeatureLossConfig(_Strict):
 
     weight: float = Field(0.0, ge=0.0, description="weight of the auxiliary loss; 0: off")
     kind: Literal["cosine", "mse"] = Field("cosine", description="distance after projection")
+    teacher: str | None = Field(None, description="model giving the hidden states (embedded "
+                                                  "GGUF, llamacpp:PATH, openai:MODEL@URL); "
+                                                  "None: the run's first teacher")
 
 
 class TfidfConfig(_Strict):

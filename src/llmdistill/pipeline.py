@@ -15,9 +15,11 @@ from rich.console import Console
 
 from llmdistill import __version__
 from llmdistill.annotate import (
+    FEATURES_COLUMN,
     AnnotationCache,
     annotate,
     demos_for,
+    hidden_states,
     merge_teachers,
     set_aggregate,
     status_counts,
@@ -237,6 +239,31 @@ def flag_teacher_errors(store: pd.DataFrame, labels: list[str], cfg: RunConfig,
     return pd.concat([fixed, store[~mask]], ignore_index=True), report.to_dict()
 
 
+def with_hidden_states(store: pd.DataFrame, cfg: RunConfig) -> tuple[pd.DataFrame, dict | None]:
+    """Feature distillation's targets: the teacher's hidden state of every non-test text, as
+    the store's `teacher_features` column (cached, so a rerun computes only what is new)."""
+    if cfg.student.feature_loss.weight <= 0:
+        return store, None
+    from llmdistill.teachers.hidden import load_embedder
+
+    teacher = cfg.all_teachers()[0]
+    spec = cfg.student.feature_loss.teacher or teacher.spec
+    embedder = load_embedder(spec, teacher, cfg.resolved_cache_dir())
+    cache = AnnotationCache(cfg.resolved_cache_dir() / "annotations.sqlite")
+    try:
+        keep = store["split"].astype(str) != "test" if "split" in store else slice(None)
+        part = hidden_states(store[keep], embedder, cache)
+    finally:
+        cache.close()
+        embedder.close()
+    out = store.copy()
+    out[FEATURES_COLUMN] = None
+    out.loc[part.index, FEATURES_COLUMN] = pd.Series(list(part[FEATURES_COLUMN]),
+                                                     index=part.index, dtype=object)
+    width = len(part[FEATURES_COLUMN].iloc[0]) if len(part) else 0
+    return out, {"model": embedder.id, "texts": len(part), "width": width}
+
+
 def train_split(annotations: pd.DataFrame, seed: int,
                 fraction: float = StudentConfig().validation_fraction
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -424,6 +451,7 @@ def run(cfg: RunConfig) -> dict:
     store, manifest["label_model"] = aggregate_teachers(store, labels, cfg.label_model, anchor,
                                                         seed=cfg.student.seed)
     store, manifest["confident"] = flag_teacher_errors(store, labels, cfg, anchor)
+    store, manifest["hidden_states"] = with_hidden_states(store, cfg)
     manifest["anchor"] = {"rows": 0 if anchor is None else len(anchor),
                           "source": str(cfg.anchor) if cfg.anchor else "sampled gold"}
     write_annotations(store, out / "annotations.parquet", manifest, overwrite=True)
@@ -431,6 +459,7 @@ def run(cfg: RunConfig) -> dict:
     console.rule("3/4 student")
     student_dir = out / "student"
     key = {"annotations": frame_hash(store.assign(label=store["label"].astype(str))),
+           "hidden_states": manifest["hidden_states"],
            "student": cfg.student.model_dump(mode="json"),
            "self_training": cfg.self_training.model_dump(mode="json"),
            "anchor": sorted(anchor["id"]) if anchor is not None else None}

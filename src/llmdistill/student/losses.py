@@ -85,3 +85,22 @@ def example_weights(
     if len(w) == 0 or np.allclose(w, w[0]):
         return None
     return w / w.mean()
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, d) states → (batch, d), the mean over the tokens the mask keeps."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def feature_loss(projected: torch.Tensor, target: torch.Tensor, kind: str = "cosine",
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Distance between the student's projected representation and the teacher's hidden state:
+    1 − cosine, or the squared error against the unit-length target (scale-free either way)."""
+    if kind == "cosine":
+        per = 1.0 - F.cosine_similarity(projected, target, dim=-1)
+    else:
+        per = (projected - F.normalize(target, dim=-1)).pow(2).sum(-1)
+    if weights is None:
+        return per.mean()
+    return (per * weights).sum() / weights.sum().clamp(min=1e-12)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llmdistill.annotate import FEATURES_COLUMN
 from llmdistill.config import StudentConfig
 from llmdistill.errors import DataError
 from llmdistill.student.noise import NoiseEstimate, estimate_noise, sample_anchor, with_gold_targets
@@ -55,6 +56,7 @@ class TeacherTargets:
     label_ids: np.ndarray  # (n,), the teacher's label as an index into the label set
     skipped: int
     row_weights: np.ndarray | None = None  # (n,) from a `weight` column (pseudo-labels, flags)
+    features: np.ndarray | None = None  # (n, d) teacher hidden states (feature distillation)
 
 
 def prob_columns(labels: list[str]) -> list[str]:
@@ -148,6 +150,8 @@ def prepare_targets(train: pd.DataFrame, validation: pd.DataFrame, labels: list[
     if cfg.anchor_targets == "gold" and rows is not None:
         train = with_gold_targets(train, rows, labels)
     tr, va = usable_splits(train, validation, labels)
+    if cfg.feature_loss.weight > 0:
+        tr.features = teacher_features(train)
     if cfg.rationale_weight > 0:
         tr = with_rationales(tr, train, labels, cfg.rationale_weight)
     return tr, va, noise
@@ -176,4 +180,25 @@ def with_rationales(tr: TeacherTargets, train: pd.DataFrame, labels: list[str],
         label_ids=np.concatenate([tr.label_ids, tr.label_ids[keep]]),
         skipped=tr.skipped,
         row_weights=np.concatenate([base, np.full(len(keep), weight)]),
+        features=None if tr.features is None else np.concatenate([tr.features,
+                                                                  tr.features[keep]]),
     )
+
+
+def teacher_features(train: pd.DataFrame) -> np.ndarray:
+    """(n_ok, d) teacher hidden states of the ok training rows, all of one width."""
+    if FEATURES_COLUMN not in train.columns:
+        raise DataError("student.feature_loss.weight > 0 but the annotations have no "
+                        f"{FEATURES_COLUMN} column: run with a local GGUF or openai: teacher "
+                        "(student.feature_loss.teacher), or set feature_loss.weight: 0")
+    ok = train[train["status"].astype(str) == "ok"][FEATURES_COLUMN]
+    widths = ok.map(lambda v: -1 if v is None else len(v)).to_numpy()
+    if len(widths) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    width = int(np.bincount(widths[widths >= 0]).argmax()) if (widths >= 0).any() else -1
+    if width <= 0 or (widths != width).any():
+        bad = int((widths != width).sum())
+        raise DataError(f"{bad} training rows have teacher hidden states of the wrong size "
+                        f"(expected {width} values each): recompute them (rerun the step that "
+                        "wrote the store) or set feature_loss.weight: 0")
+    return np.stack([np.asarray(v, dtype=np.float32) for v in ok])

@@ -40,11 +40,17 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from llmdistill import __version__
-from llmdistill.assets import ASSETS, student_path
-from llmdistill.config import StudentConfig
+from llmdistill.assets import ASSETS, student_source
+from llmdistill.config import FeatureLossConfig, LoraConfig, StudentConfig
 from llmdistill.errors import UsageError
 from llmdistill.files import atomic_dir, refuse_existing
-from llmdistill.student.losses import distillation_loss, example_weights, noisy_log_probs
+from llmdistill.student.losses import (
+    distillation_loss,
+    example_weights,
+    feature_loss,
+    mean_pool,
+    noisy_log_probs,
+)
 from llmdistill.student.model_card import render_model_card
 from llmdistill.student.noise import (
     NoiseEstimate,
@@ -82,6 +88,8 @@ class _Examples(torch.utils.data.Dataset):
         item = {k: v[i] for k, v in self.encodings.items()}
         item["labels"] = int(self.targets.label_ids[i])
         item["teacher_probs"] = self.targets.probs[i].tolist()
+        if self.targets.features is not None:
+            item["teacher_features"] = self.targets.features[i]
         if self.weights is not None:
             item["weight"] = float(self.weights[i])
         return item
@@ -134,21 +142,28 @@ class DistillationCollator(DataCollatorWithPadding):
         features = [dict(f) for f in features]
         probs = [f.pop("teacher_probs") for f in features]
         weights = [f.pop("weight") for f in features if "weight" in f]
+        hidden = [f.pop("teacher_features") for f in features if "teacher_features" in f]
         batch = super().__call__(features)
         batch["teacher_probs"] = torch.tensor(probs, dtype=torch.float32)
+        if hidden:
+            batch["teacher_features"] = torch.from_numpy(np.stack(hidden))
         if weights:
             batch["weights"] = torch.tensor(weights, dtype=torch.float32)
         return batch
 
 
 class DistillationTrainer(Trainer):
-    """A Trainer whose loss is `distillation_loss` against the batch's `teacher_probs`."""
+    """A Trainer whose loss is `distillation_loss` against the batch's `teacher_probs`, plus
+    `feature_loss` against its `teacher_features` (through `model.feature_projection`) when
+    the batch has them."""
 
     loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides by accumulation steps
 
     def __init__(self, *args: Any, alpha: float, temperature: float, label_smoothing: float = 0.0,
-                 transition: torch.Tensor | None = None, **kwargs: Any) -> None:
+                 transition: torch.Tensor | None = None,
+                 feature: FeatureLossConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.feature = feature
         self.alpha = alpha
         self.temperature = temperature
         self.label_smoothing = label_smoothing
@@ -170,11 +185,17 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)
         teacher = inputs.pop("teacher_probs")
         weights = inputs.pop("weights", None)
+        hidden = inputs.pop("teacher_features", None)
         inputs.pop("labels", None)  # the hard target is argmax(teacher); the model needs no loss
-        outputs = model(**inputs)
+        outputs = model(**inputs, output_hidden_states=hidden is not None)
         loss = distillation_loss(outputs.logits, teacher, self.alpha, self.temperature,
                                  label_smoothing=self.label_smoothing, weights=weights,
                                  transition=self.transition)
+        if hidden is not None and self.feature is not None:
+            pooled = mean_pool(outputs.hidden_states[-1], inputs["attention_mask"])
+            projected = self.accelerator.unwrap_model(model).feature_projection(pooled)
+            loss = loss + self.feature.weight * feature_loss(projected, hidden,
+                                                             self.feature.kind, weights)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -193,15 +214,21 @@ def agreement(pred: EvalPrediction, transition: np.ndarray | None = None) -> dic
 
 
 def load_student(
-    name: str, labels: list[str]
+    name: str, labels: list[str], lora: LoraConfig | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The student encoder with a fresh classification head for `labels`, and its tokenizer."""
-    path = student_path(name)
+    """The student with a fresh classification head for `labels`, and its tokenizer.
+
+    An encoder, or a decoder LM (a GGUF file, e.g. the embedded smollm2-135m) whose last token
+    feeds the head; a tokenizer without a padding token pads with its end-of-text token. With
+    `lora`, only LoRA adapters and the head train (peft).
+    """
+    path, gguf_file = student_source(name)
     id2label = dict(enumerate(labels))
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is the point, not a problem
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
         model = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=len(labels),
@@ -210,17 +237,58 @@ def load_student(
             problem_type="single_label_classification",
             ignore_mismatched_sizes=True,
             dtype=torch.float32,
+            **extra,
         )
     except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UsageError(
-            f"cannot load student model {name!r} ({e}): use minilm-l6, a local Hugging Face "
-            "model folder, or an HF id that is in the local cache"
+            f"cannot load student model {name!r} ({first}): use minilm-l6, smollm2-135m, tfidf, "
+            "model2vec, a local Hugging Face model folder or GGUF file, or an HF id that is in "
+            "the local cache"
         ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if tokenizer.pad_token is None:
-        raise UsageError(f"the tokenizer of {name!r} has no padding token: pick an encoder model")
+        if tokenizer.eos_token is None:
+            raise UsageError(f"the tokenizer of {name!r} has neither a padding nor an "
+                             "end-of-text token: pick another model")
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if lora is not None:
+        model = with_lora(model, lora, name)
     return model, tokenizer
+
+
+def with_lora(model: PreTrainedModel, cfg: LoraConfig, name: str) -> torch.nn.Module:
+    """Wrap `model` in peft LoRA adapters; the classification head trains in full."""
+    try:
+        from peft import LoraConfig as PeftLora
+        from peft import TaskType, get_peft_model
+    except ImportError:
+        raise UsageError("student.lora needs peft: pip install 'llmdistill[zoo]'") from None
+    peft_cfg = PeftLora(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha,
+                        lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
+    try:
+        return get_peft_model(model, peft_cfg)
+    except ValueError as e:
+        modules = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear)})
+        first = str(e).strip().splitlines()[0][:200]
+        raise UsageError(f"student.lora.target_modules do not fit {name!r} ({first}): use some "
+                         f"of its Linear layers: {', '.join(modules)}") from None
+
+
+def merged(model: torch.nn.Module) -> PreTrainedModel:
+    """A LoRA model's adapters folded into its weights: a plain model that loads without peft."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def head_has_bias(model: torch.nn.Module, n_labels: int) -> bool:
+    """Whether the classification head (the last Linear with one output per label) has a bias,
+    which prior correction shifts; decoder heads (`score`) have none."""
+    heads = [m for m in model.modules()
+             if isinstance(m, torch.nn.Linear) and m.out_features == n_labels]
+    return bool(heads) and heads[-1].bias is not None
 
 
 def train_student(
@@ -263,7 +331,15 @@ def train_student(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
-    model, tokenizer = load_student(cfg.model, labels)
+    model, tokenizer = load_student(cfg.model, labels, cfg.lora)
+    if tr.features is not None:
+        # trained with the student, dropped before saving (it maps onto the teacher's space)
+        model.feature_projection = torch.nn.Linear(model.config.hidden_size,
+                                                   tr.features.shape[1])
+    if plan["prior_correction"] and not head_has_bias(model, len(labels)):
+        logger.warning("%s's classification head has no bias: prior correction skipped",
+                       cfg.model)
+        plan["prior_correction"] = False
     trainer = _trainer(model, tokenizer, tr, va, weights, transition, cfg,
                        ckpt_dir=out_dir.parent / f".{out_dir.name}.checkpoints")
     peak = measure_peak_gflops() * max(1, trainer.args.world_size)
@@ -273,6 +349,9 @@ def train_student(
         seconds = time.perf_counter() - start
         trainer.accelerator.wait_for_everyone()
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        if hasattr(unwrapped, "feature_projection"):
+            del unwrapped.feature_projection
+        unwrapped = merged(unwrapped)
         record_noise = _describe_noise(noise, plan, cfg, weights)
         if plan["prior_correction"] and noise is not None:
             record_noise.update(_correct_prior(trainer, unwrapped, noise))
@@ -340,6 +419,7 @@ def _trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tr: Tea
         temperature=cfg.temperature,
         label_smoothing=cfg.label_smoothing,
         transition=transition,
+        feature=cfg.feature_loss if tr.features is not None else None,
     )
 
 
