@@ -62,3 +62,15 @@ def test_store_roundtrips_with_manifest_and_refuses_to_overwrite(tmp_path):
     with pytest.raises(UsageError, match="already exists"):
         write_annotations(out, path, {})
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_rationale_comes_from_a_reasoning_record_or_replayed_text_and_nothing_else() -> None:
+    import json as _json
+
+    from llmdistill.annotate import rationale_of
+
+    assert rationale_of(_json.dumps({"method": "reasoning", "reasons": ["sad words", "x"]})) \
+        == "sad words"
+    assert rationale_of(_json.dumps({"method": "logprobs", "top": []})) is None
+    assert rationale_of("the author is happy") == "the author is happy"
+    assert rationale_of(None) is None and rationale_of("") is None

@@ -221,7 +221,22 @@ def to_frame(frame: pd.DataFrame, hashes: pd.Series, done: dict[str, Annotation]
     out["teacher"] = teacher.id
     out["prompt_hash"] = teacher.prompt_hash
     out["raw"] = [a.raw for a in anns]
+    out["rationale"] = [rationale_of(a.raw) if a.status == "ok" else None for a in anns]
     return out
+
+
+def rationale_of(raw: str | None) -> str | None:
+    """The teacher's reason for its label, where it gave one: the first of `reasons` in an
+    `openai:` reasoning reply's record, or a replayed rationale column (plain text)."""
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return raw  # replay keeps the rationale column's text as it is
+    if isinstance(record, dict) and record.get("reasons"):
+        return str(record["reasons"][0])
+    return None
 
 
 FEATURES_COLUMN = "teacher_features"
