@@ -350,9 +350,15 @@ def test_feature_loss_trains_a_projection_that_is_not_saved(tiny_bert_dir, toy_s
     train, val = toy_split
     out = tmp_path / "feat"
     cfg = tiny_cfg(tiny_bert_dir, feature_loss={"weight": 0.5}, anchor_size=0, epochs=2)
-    train_student(_with_features(train, 12, 0), val, LABELS, cfg, out)
+    frame = _with_features(train, 12, 0)
+    train_student(frame, val, LABELS, cfg, out)
     assert not any("feature_projection" in k for k in _saved_keys(out))
-    assert StudentClassifier.load(out).predict_proba(["good"]).shape == (1, 3)
+    train_student(frame, val, LABELS, tiny_cfg(tiny_bert_dir, anchor_size=0, epochs=2),
+                  tmp_path / "plain")
+    texts = val["text"].tolist()
+    with_loss = StudentClassifier.load(out).predict_proba(texts)
+    without = StudentClassifier.load(tmp_path / "plain").predict_proba(texts)
+    assert not np.allclose(with_loss, without, atol=1e-4)  # the auxiliary loss moved the weights
 
 
 def test_feature_loss_without_hidden_states_or_with_mixed_widths_is_a_data_error(
