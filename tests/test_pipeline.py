@@ -61,12 +61,12 @@ def test_a_student_is_reused_only_for_the_same_run_key(tiny_student_dir: Path,
     record = StudentRecord.load(folder)
     record.run_key = {"annotations": "abc", "student": {"epochs": 3}}
     record.save(folder)
-    assert pipeline._matching_student(folder, {"annotations": "abc", "student": {"epochs": 3}})
-    assert not pipeline._matching_student(folder, {"annotations": "abd",
+    assert pipeline.matching_student(folder, {"annotations": "abc", "student": {"epochs": 3}})
+    assert not pipeline.matching_student(folder, {"annotations": "abd",
                                                    "student": {"epochs": 3}})
-    assert not pipeline._matching_student(tmp_path / "none", record.run_key)
+    assert not pipeline.matching_student(tmp_path / "none", record.run_key)
     (folder / "llmdistill.json").write_text("{broken")
-    assert not pipeline._matching_student(folder, record.run_key)  # unreadable: retrain
+    assert not pipeline.matching_student(folder, record.run_key)  # unreadable: retrain
 
 
 @pytest.mark.parametrize("missing", ["nope", "file"])

@@ -10,7 +10,7 @@ from llmdistill.cascade import curve_for_report
 from llmdistill.config import EvaluateConfig
 from llmdistill.evaluate import evaluate_predictions
 from llmdistill.report import print_summary, render_markdown, summary_rows, write_report
-from llmdistill.report.format import clean, settings
+from llmdistill.report.format import clean, percent_interval, score_interval, settings
 from llmdistill.report.markdown import cascade_markdown
 
 LABELS = ["negative", "neutral", "positive"]
@@ -191,3 +191,106 @@ def test_evaluate_stores_the_cascade_curve_in_metrics_json_and_report(tiny_stude
     assert "## Cascade: the student first" in (tmp_path / "report.md").read_text(encoding="utf-8")
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert '<section id="cascade">' in page and "cascade accuracy" in page
+
+
+def make_compare(n: int = 300) -> dict:
+    """A `llmdistill compare` result as compare.json holds it: four students (one an int8 row),
+    the teacher, the pipeline baseline, and an int8 row left out for failing parity."""
+    from llmdistill.compare import pareto_frontier
+
+    specs = [("minilm-l6", "transformers", "torch", 22_700_000, 90.9, 105.0, 0.693),
+             ("minilm-l6 int8", "transformers", "onnx-int8", 22_700_000, 23.0, 191.0, 0.690),
+             ("tfidf", "tfidf", "numpy", 400_000, 3.2, 9000.0, 0.61),
+             ("model2vec-<b>x</b>", "model2vec", "numpy", 7_700_000, 15.4, 7000.0, 0.60)]
+    rows = []
+    for name, kind, backend, params, mb, speed, acc in specs:
+        rows.append({
+            "name": name, "model": name.split(" ")[0], "kind": kind, "backend": backend,
+            "variant": "int8" if "int8" in name else "pytorch" if kind == "transformers"
+            else kind, "of": "minilm-l6" if "int8" in name else None, "model_dir": "students/x",
+            "onnx_path": None, "parameters": params,
+            "size": {"bytes": int(mb * 1e6), "mb": mb, "files": 1},
+            "speed": {"throughput_texts_per_s": speed, "batch": 64, "n_texts": 256,
+                      "latency_ms": {"p50": 1000 / speed, "p90": 1100 / speed,
+                                     "p99": 1500 / speed}, "latency_samples": 50},
+            "accuracy": {"value": acc, "low": acc - 0.05, "high": acc + 0.05},
+            "macro_f1": {"value": acc - 0.02, "low": acc - 0.07, "high": acc + 0.03},
+            "vs_teacher": {"agreement": 0.8, "kappa": 0.7, "p_value": 0.2,
+                           "verdict": "no significant difference",
+                           "accuracy_difference": {"value": 0.01, "low": -0.02, "high": 0.04}},
+            "warnings": ["neutral: predicted for 10% of texts"] if kind == "tfidf" else [],
+            "flops_per_text": 1e9 if kind == "transformers" else None,
+            "flop_bound_texts_per_s": 40.0 if kind == "transformers" else None,
+            "flop_bound_share": speed / 400 if kind == "transformers" else None,
+            "vs_pipeline": speed / 62.0,
+        })
+    for r, on in zip(rows, pareto_frontier([(r["accuracy"]["value"],
+                                             r["speed"]["throughput_texts_per_s"])
+                                            for r in rows]), strict=True):
+        r["pareto"] = on
+    return {
+        "run_dir": "runs/demo", "annotations_hash": "abc", "n": n, "labels": LABELS,
+        "settings": {"evaluate": EvaluateConfig(bootstrap=200).model_dump(),
+                     "compare": {"int8": True, "pipeline_baseline": True},
+                     "export_min_agreement": 0.99},
+        "hardware": {"cpu": "Test CPU 9000", "cores": 2, "torch_threads": 2, "platform": "Linux",
+                     "peak_gflops": 80.0},
+        "teacher": {"name": "qwen2.5-1.5b", "parameters": 1_540_000_000,
+                    "accuracy": {"value": 0.63, "low": 0.57, "high": 0.68},
+                    "macro_f1": {"value": 0.62, "low": 0.56, "high": 0.68}, "not_ok": 0,
+                    "seconds_per_text": 1.07, "texts_per_s": 1 / 1.07},
+        "baseline": {"name": 'transformers.pipeline("text-classification")',
+                     "student": "minilm-l6", "model_dir": "students/minilm-l6",
+                     "speed": {"throughput_texts_per_s": 62.0, "batch": 64, "n_texts": 256,
+                               "latency_ms": {"p50": 30.0, "p90": 31.0, "p99": 40.0},
+                               "latency_samples": 50}},
+        "rows": rows,
+        "frontier": [r["name"] for r in sorted((r for r in rows if r["pareto"]),
+                                               key=lambda r: r["speed"]["throughput_texts_per_s"])],
+        "skipped": [{"name": "e5-small int8", "reason": "int8 agrees with PyTorch on 95.00% of "
+                                                         "200 validation texts, below 99.00%"}],
+        "seconds": 12.0,
+    }
+
+
+def test_students_compared_lists_every_row_with_its_intervals_and_marks_the_frontier(metrics):
+    section = make_compare()
+    text = render_markdown(metrics | {"compare": section})
+    part = text.split("## Students compared")[1].split("\n## ")[0]
+    assert "| student | kind | backend | parameters | size on disk | texts/s |" in part
+    lines = {line.split(" | ")[0].removeprefix("| "): line for line in part.splitlines()
+             if line.startswith("| ") and " | " in line}
+    for r in section["rows"]:
+        line = lines[r["name"]]
+        assert percent_interval(r["accuracy"]) in line and score_interval(r["macro_f1"]) in line
+        assert line.rstrip(" |").endswith("★") == r["pareto"]
+    assert "★" not in lines["model2vec-<b>x</b>"]  # tfidf is faster and more accurate
+    assert "★" in lines["minilm-l6"] and "1.69×" in lines["minilm-l6"]
+    assert "| 90.9 MB | 105 | 9.5 |" in lines["minilm-l6"]
+    assert "teacher: qwen2.5-1.5b (reference)" in part and "0.93 (annotating)" in part
+    assert "](compare.svg)" in part
+    assert "Not shown: e5-small int8: int8 agrees with PyTorch on 95.00%" in part
+    assert "tfidf, neutral: predicted for 10% of texts" in part
+    assert "62.0 texts/s, p50 30.0 ms" in part and "80 GFLOP/s" in part
+    assert "Test CPU 9000, 2 cores, 2 torch threads" in part
+    assert "same 200 bootstrap resamples" in part
+    assert "](compare.svg)" not in render_markdown(metrics | {"compare": section}, chart=None)
+
+
+def test_without_a_compare_result_the_report_is_unchanged(metrics):
+    plain = render_markdown(metrics)
+    assert "Students compared" not in plain
+    with_section = render_markdown(metrics | {"compare": make_compare()})
+    start = with_section.index("## Students compared")
+    end = with_section.index("\n\n## ", start) + 2  # the next section
+    assert with_section[:start] + with_section[end:] == plain
+    assert render_markdown(metrics | {"compare": {"rows": []}}) == plain
+
+
+def test_write_report_writes_the_compare_chart_beside_report_md(metrics, tmp_path):
+    paths = write_report(metrics | {"compare": make_compare()}, tmp_path)
+    svg = tmp_path / "compare.svg"
+    assert svg.read_bytes().startswith(b"<?xml") and b"<svg" in svg.read_bytes()
+    assert "![" in paths["report"].read_text() and "](compare.svg)" in paths["report"].read_text()
+    loaded = json.loads(paths["metrics"].read_text())
+    assert loaded["compare"]["rows"][0]["name"] == "minilm-l6"

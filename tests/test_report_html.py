@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import Browser, find_chromium, inspect_page
+from test_report import make_compare
 
 from llmdistill.cascade import curve_for_report
 from llmdistill.config import EvaluateConfig
@@ -296,6 +297,52 @@ def test_rerender_needs_metrics(tmp_path):
         rerender(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def compare_source(run) -> str:
+    metrics, preds = run
+    return render_html(metrics | {"compare": make_compare(N)}, preds)
+
+
+def test_students_compared_section_has_the_table_the_chart_and_the_notes(compare_source):
+    page = Page(compare_source)
+    section = Page(compare_source.split('<section id="compare">')[1].split("</section>")[0])
+    words = section.words
+    section_data = make_compare(N)
+    for r in section_data["rows"]:
+        assert _flat(r["name"]) in words
+    assert "model2vec-<b>x</b>" in words and "<b>x</b>" not in compare_source  # escaped
+    frontier = [r for r in section_data["rows"] if r["pareto"]]
+    assert compare_source.count('<tr class="frontier">') == len(frontier)
+    assert "teacher: qwen2.5-1.5b (reference)" in words
+    assert "Not shown: e5-small int8" in words and "Pareto frontier" in words
+    imgs = section.all("img")
+    assert len(imgs) == 1 and imgs[0]["src"].startswith("data:image/svg+xml;base64,")
+    assert imgs[0]["alt"].startswith("Accuracy with its interval against texts per second")
+    assert len(page.all("img")) == 12  # the report's eleven charts and this one
+
+
+def test_without_a_compare_result_the_page_has_no_compare_section(page_source):
+    assert 'id="compare"' not in page_source and "Students compared" not in page_source
+
+
+def test_rerender_adds_the_compare_json_of_the_run_folder(run, tmp_path):
+    metrics, preds = run
+    write_report(metrics, tmp_path)
+    preds.to_parquet(tmp_path / "predictions.parquet", index=False)
+    section = make_compare(N)
+    (tmp_path / "compare.json").write_text(json.dumps(section))
+    paths = rerender(tmp_path)
+    assert paths["chart"] == tmp_path / "compare.svg" and paths["chart"].is_file()
+    assert "## Students compared" in paths["report"].read_text()
+    assert "](compare.svg)" in paths["report"].read_text()
+    page = paths["html"].read_text()
+    assert '<section id="compare">' in page
+    assert page == render_html(metrics | {"compare": section}, preds)
+    (tmp_path / "compare.json").write_text("{broken")
+    with pytest.raises(UsageError, match="compare.json is not valid JSON"):
+        rerender(tmp_path)
+
+
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium binary (chromium, chromium-browser or google-chrome) "
@@ -331,6 +378,23 @@ def test_report_in_headless_chromium(browser, report_file, width, mobile, tmp_pa
     assert r.screenshot.startswith(b"\x89PNG\r\n\x1a\n")
     assert r.scroll_height > 2000  # the whole page, not the first screen
     (tmp_path / f"report-{width}.png").write_bytes(r.screenshot)
+
+
+@needs_chromium
+@pytest.mark.parametrize(("width", "mobile"), [(1280, False), (390, True)],
+                         ids=["laptop", "phone"])
+def test_students_compared_section_in_headless_chromium(browser, compare_source, width, mobile,
+                                                        tmp_path):
+    path = tmp_path / "report.html"
+    path.write_text(compare_source, encoding="utf-8")
+    r = inspect_page(browser, path, width=width, mobile=mobile)
+    assert r.console_errors == [] and r.external_requests == [] and r.scripts == 0
+    assert len(r.images) == 12  # the report's charts and the students' chart
+    chart = next(i for i in r.images if i["alt"].startswith("Accuracy with its interval"))
+    assert chart["width"] > 0 and chart["height"] > 0 and chart["complete"]
+    assert chart["natural"] > 0 and chart["width"] <= width
+    assert r.scroll_width <= width + 2  # the wide table scrolls inside its box, or stacks
+    (tmp_path / f"compare-{width}.png").write_bytes(r.screenshot)
 
 
 @needs_chromium

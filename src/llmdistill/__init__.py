@@ -23,6 +23,8 @@ _EXPORTS = {
     "load_teacher": "llmdistill.teachers",
     "StudentClassifier": "llmdistill.student.predict",
     "export_student": "llmdistill.student.export",
+    "compare": "llmdistill.compare",
+    "train_student": "llmdistill.student.train",
     "UsageError": "llmdistill.errors",
 }
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from llmdistill.config import RunConfig, StudentConfig, full, load_config, quick
 from llmdistill.errors import UsageError
 from llmdistill.files import refuse_existing
+from llmdistill.student.zoo import kinds
 from llmdistill.teachers import spec_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -40,6 +41,8 @@ def _config(path: Path | None, text_column: str | None = None,
     return cfg
 
 
+STUDENT_HELP = (f"minilm-l6, smollm2-135m, an HF id or a folder, or a student kind: "
+                f"{', '.join(k for k in kinds() if k != 'transformers')} (model2vec:BASE)")
 TeacherOpt = Annotated[list[str] | None, typer.Option(
     "--teacher", help=f"{spec_help()}. Repeat it for several teachers (a label model joins "
                       "them: label_model in the config).")]
@@ -181,7 +184,7 @@ def annotate_cmd(
 def train_cmd(
     annotations: Annotated[Path, typer.Option(help="Annotation Parquet file.")],
     out: Annotated[Path, typer.Option(help="Model folder to write.")],
-    student: Annotated[str | None, typer.Option(help="minilm-l6, an HF id or a folder.")] = None,
+    student: Annotated[str | None, typer.Option(help=STUDENT_HELP + ".")] = None,
     config: ConfigOpt = None, anchor: AnchorOpt = None,
 ) -> None:
     """Distil a student encoder from the teacher's probabilities."""
@@ -245,6 +248,41 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run or evaluate folde
 
     for path in rerender(run_dir).values():
         err.print(f"wrote {path}")
+
+
+@app.command("compare")
+def compare_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (annotations.parquet, "
+                                                 "metrics.json).")],
+    student: Annotated[list[str] | None, typer.Option(
+        "--student", help=f"{STUDENT_HELP}. Repeat it for each student (default: `students:` "
+                          "in the config).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Train several students on a run's annotations; one table of accuracy against size and
+    speed, written to compare.json and the run's report."""
+    from rich.table import Table
+
+    from llmdistill.compare import compare, with_students
+    from llmdistill.report.markdown import COMPARE_HEADER, compare_table
+
+    cfg = _config(config)
+    if student:
+        cfg = with_students(cfg, student)
+    result = compare(cfg, run_dir)
+    rows, notes = compare_table(result)
+    table = Table(title=f"students compared on {result['n']} gold test texts")
+    for col in COMPARE_HEADER:
+        table.add_column(col, justify="left" if col in ("student", "kind", "backend") else "right")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # a log keeps every column
+    for note in notes[1:]:
+        err.print(note, highlight=False, markup=False)
+    err.print(f"wrote {run_dir / 'compare.json'}", highlight=False)
+    if (run_dir / "metrics.json").is_file():
+        err.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}",
+                  highlight=False)
 
 
 @app.command("review")

@@ -314,6 +314,17 @@ class EngineConfig(_Strict):
     max_restarts: int = Field(3, ge=0, description="times Ray restarts a replica that died")
 
 
+class CompareConfig(_Strict):
+    """`llmdistill compare`: which extra rows the table of students gets."""
+
+    int8: bool = Field(True, description="an int8 ONNX row for each transformer student, shown "
+                                         "only when it passes the export parity gate "
+                                         "(export.min_agreement) on the validation rows")
+    pipeline_baseline: bool = Field(True, description="time transformers.pipeline on the first "
+                                                      "transformer student: the × pipeline "
+                                                      "column")
+
+
 class RunConfig(_Strict):
     """A whole run: data → teacher → student → evaluation."""
 
@@ -335,6 +346,7 @@ class RunConfig(_Strict):
     students: list[StudentConfig] = Field(
         default_factory=list, description="`llmdistill compare`: several students, each merged "
                                           "over `student`, trained on the same annotations")
+    compare: CompareConfig = Field(default_factory=CompareConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

@@ -28,7 +28,8 @@ from llmdistill.errors import DataError, UsageError
 
 NO_ANSWER = "(no answer)"
 _DEFAULTS = EvaluateConfig()  # the keyword defaults below are config.py's, not copies
-WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx")
+# the tfidf student's vocabularies are part of its weights
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".onnx", ".vocab.json")
 
 
 def _interval(value: float, boots: np.ndarray, ci: float) -> dict:

@@ -463,7 +463,7 @@ def run(cfg: RunConfig) -> dict:
            "student": cfg.student.model_dump(mode="json"),
            "self_training": cfg.self_training.model_dump(mode="json"),
            "anchor": sorted(anchor["id"]) if anchor is not None else None}
-    if _matching_student(student_dir, key):
+    if matching_student(student_dir, key):
         console.print(f"reusing {student_dir}: same annotations and student settings")
     else:
         record = {"run_key": key, "teacher": manifest["teacher"],
@@ -510,7 +510,7 @@ def card_metrics(metrics: dict) -> dict:
     return out
 
 
-def _matching_student(student_dir: Path, key: dict) -> bool:
+def matching_student(student_dir: Path, key: dict) -> bool:
     """True when `student_dir` was trained on the same annotations with the same settings."""
     try:
         record = StudentRecord.load_if_present(student_dir)

@@ -42,11 +42,15 @@ from llmdistill.report.format import (
     vs_gold,
 )
 from llmdistill.report.markdown import (
+    COMPARE_FILE,
+    COMPARE_HEADER,
     TEACHERS_HEADER,
+    compare_table,
     render_markdown,
     summary_rows,
     teachers_table,
     verdict,
+    write_compare_chart,
 )
 
 SAMPLE = 20  # disagreements shown
@@ -288,6 +292,25 @@ def _teachers(metrics: dict) -> dict | None:
     return {"header": TEACHERS_HEADER, "rows": rows, "notes": notes, "flagged": flagged}
 
 
+def _compare(metrics: dict) -> dict | None:
+    """The students compared (the same rows and notes as report.md) and their chart."""
+    section = metrics.get("compare")
+    if not section or not section.get("rows"):
+        return None
+    rows, notes = compare_table(section)
+    teacher = section.get("teacher") or {}
+    chart = plots.compare_chart(section["rows"], (teacher.get("accuracy") or {}).get("value"))
+    classes = ["frontier" if r.get("pareto") else "" for r in section["rows"]]
+    classes += ["teacher"] * (len(rows) - len(classes))  # the reference row comes last
+    return {"header": COMPARE_HEADER, "intro": notes[0], "notes": notes[1:],
+            "rows": [{"cells": cells, "css": css}
+                     for cells, css in zip(rows, classes, strict=True)],
+            "figure": {"title": "accuracy against speed",
+                       "alt": "Accuracy with its interval against texts per second (log scale) "
+                              "for each student, marker area by size on disk, the Pareto "
+                              "frontier as a step line", "chart": chart}}
+
+
 def render_html(metrics: dict, predictions: pd.DataFrame | None = None,
                 sample: int = SAMPLE) -> str:
     """The report page for `metrics` (evaluate's dict); `predictions` adds the disagreements."""
@@ -304,7 +327,7 @@ def render_html(metrics: dict, predictions: pd.DataFrame | None = None,
         confusions=_confusions(m),
         per_class=_per_class(m, s["collapse_ratio"]),
         calibration=_calibration(m), speed=_speed(m), cascade=_cascade(m),
-        teachers=_teachers(m),
+        teachers=_teachers(m), compare=_compare(m),
         manifest=_manifest(m),
         disagreements=_disagreements(predictions, m["labels"], int(s["seed"]), sample),
         version=__version__, dash=DASH,
@@ -324,15 +347,24 @@ def rerender(run_dir: Path) -> dict[str, Path]:
     """Rewrite report.md and report.html of a run from its metrics.json and predictions.
 
     Nothing is recomputed: the numbers are metrics.json's; predictions.parquet, when present,
-    gives the sample of disagreements.
+    gives the sample of disagreements, and compare.json (`llmdistill compare`), when present,
+    the "Students compared" section and its chart (compare.svg, which report.md links).
     """
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.exists():
         raise UsageError(f"{run_dir} has no metrics.json: run `llmdistill evaluate` first")
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if (compare_path := run_dir / COMPARE_FILE).is_file():
+        try:
+            metrics["compare"] = json.loads(compare_path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise UsageError(f"{compare_path} is not valid JSON: rerun `llmdistill compare "
+                             f"{run_dir}` or delete it") from None
     pred_path = run_dir / "predictions.parquet"
     predictions = pd.read_parquet(pred_path) if pred_path.exists() else None
     md_path = run_dir / "report.md"
-    atomic_write(md_path, render_markdown(metrics))
-    return {"report": md_path, "html": write_html(metrics, predictions, run_dir)}
+    chart = write_compare_chart(metrics, run_dir)
+    atomic_write(md_path, render_markdown(metrics, chart.name if chart else None))
+    paths = {"report": md_path, "html": write_html(metrics, predictions, run_dir)}
+    return paths | ({"chart": chart} if chart else {})

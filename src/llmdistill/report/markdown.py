@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from llmdistill.errors import UsageError
 from llmdistill.files import atomic_write
 from llmdistill.report.format import (
     DASH,
@@ -182,8 +183,114 @@ def teachers_markdown(section: dict) -> str:
     return "\n\n".join(out)
 
 
-def render_markdown(metrics: dict) -> str:
-    """report.md: summary, paired test, warnings, per-class, confusion, calibration, speed."""
+COMPARE_FILE = "compare.json"  # `llmdistill compare` writes it into the run folder
+COMPARE_CHART = "compare.svg"  # its chart, beside report.md
+COMPARE_HEADER = ["student", "kind", "backend", "parameters", "size on disk", "texts/s",
+                  "p50 ms (batch 1)", "× pipeline", "of the FLOP bound",
+                  "agreement with teacher", "accuracy", "macro-F1", "frontier"]
+FRONTIER_MARK = "★"
+
+
+def _rate(v: float) -> str:
+    """Texts/s or a ratio: 191 not 191.37; two significant digits below 1."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}" if v >= 1 else f"{v:.2g}"
+
+
+def _megabytes(mb: float) -> str:
+    return f"{mb:,.1f} MB" if mb >= 1 else f"{1000 * mb:,.0f} kB" if mb >= 0.001 else \
+        f"{1e6 * mb:,.0f} B"
+
+
+def _share(v: float) -> str:
+    """A share too small for one decimal still shows: 0.047%."""
+    return percent(v) if v >= 0.001 else f"{100 * v:.2g}%"
+
+
+def compare_table(section: dict) -> tuple[list[list[str]], list[str]]:
+    """The students compared (`compare.json`) as rows under COMPARE_HEADER, the teacher's
+    reference row last, and the notes that say how each column was measured. For report.md and
+    report.html alike."""
+    rows = []
+    for r in section["rows"]:
+        sp = r["speed"]
+        vs = r.get("vs_teacher") or {}
+        rows.append([
+            r["name"], r["kind"], r["backend"], count(r.get("parameters")),
+            optional((r.get("size") or {}).get("mb"), _megabytes),
+            _rate(sp["throughput_texts_per_s"]),
+            optional((sp.get("latency_ms") or {}).get("p50"), _rate),
+            optional(r.get("vs_pipeline"), lambda v: f"{v:.2f}×" if v < 10 else f"{_rate(v)}×"),
+            optional(r.get("flop_bound_share"), _share),
+            optional(vs.get("agreement"), percent),
+            percent_interval(r["accuracy"]), score_interval(r["macro_f1"]),
+            FRONTIER_MARK if r.get("pareto") else "",
+        ])
+    if t := section.get("teacher"):
+        rows.append([f"teacher: {t['name']} (reference)", "teacher", DASH,
+                     count(t.get("parameters")), DASH,
+                     optional(t.get("texts_per_s"), lambda v: f"{_rate(v)} (annotating)"),
+                     optional(t.get("seconds_per_text"), lambda v: f"{1000 * v:,.0f} (mean)"),
+                     DASH, DASH, DASH, percent_interval(t["accuracy"]),
+                     score_interval(t["macro_f1"]), ""])
+    return rows, _compare_notes(section)
+
+
+def _compare_notes(section: dict) -> list[str]:
+    ev = (section.get("settings") or {}).get("evaluate") or {}
+    hw = section.get("hardware") or {}
+    students = {r.get("of") or r["name"] for r in section["rows"]}
+    speed = (section["rows"][0]["speed"] if section["rows"] else {})
+    notes = [
+        f"{len(students)} student{'s' if len(students) != 1 else ''} trained on this run's "
+        "annotations (the run's train/validation split and anchor), measured on the same "
+        f"{section['n']} gold test texts; every interval uses the same "
+        f"{ev.get('bootstrap', '?')} bootstrap resamples.",
+        f"Speed on this machine ({hw.get('cpu', '?')}, {hw.get('cores', '?')} cores, "
+        f"{hw.get('torch_threads', '?')} torch threads): texts/s at batch "
+        f"{speed.get('batch', '?')} (median of 3 passes over {speed.get('n_texts', '?')} test "
+        f"texts), and the p50 latency of one text at a time "
+        f"({speed.get('latency_samples', '?')} samples).",
+    ]
+    if b := section.get("baseline"):
+        bs = b["speed"]
+        notes.append(f"× pipeline: texts/s over `transformers.pipeline(\"text-classification\")` "
+                     f"on {b['student']}, timed the same way in the same run: "
+                     f"{_rate(bs['throughput_texts_per_s'])} texts/s, p50 "
+                     f"{bs['latency_ms']['p50']:,.1f} ms.")
+    if hw.get("peak_gflops"):
+        notes.append(f"Of the FLOP bound: texts/s over this CPU's fp32 matmul peak "
+                     f"({hw['peak_gflops']:,.0f} GFLOP/s, measured in the same run) ÷ FLOPs per "
+                     "text (a transformer's 2 × non-embedding parameters × mean tokens; an int8 "
+                     "row is held to the same fp32 bound); a dash where a kind has no FLOP "
+                     "count.")
+    notes.append(f"{FRONTIER_MARK}: the Pareto frontier — no other row is at least as accurate "
+                 "and as fast, and better in one: "
+                 + (", ".join(section.get("frontier") or []) or DASH) + " (slowest first).")
+    if section.get("teacher"):
+        notes.append("The teacher's speed is its mean time per text while it annotated; its "
+                     "accuracy is on the same gold texts.")
+    notes += [f"Not shown: {s['name']}: {s['reason']}." for s in section.get("skipped") or []]
+    notes += [f"{r['name']}, {w}" for r in section["rows"] for w in r.get("warnings") or []]
+    return notes
+
+
+def compare_markdown(section: dict, chart: str | None = COMPARE_CHART) -> str:
+    """The "Students compared" section of report.md; `chart`: the image file to link."""
+    rows, notes = compare_table(section)
+    out = [notes[0], _table(COMPARE_HEADER, [[str(c).replace("|", "/") for c in r]
+                                             for r in rows])]
+    if chart:
+        out.append(f"![Accuracy against texts/s of each student, marker area by size on disk; "
+                   f"the step line is the Pareto frontier]({chart})")
+    out.append("\n".join(f"- {n}" for n in notes[1:]))
+    return "\n\n".join(out)
+
+
+def render_markdown(metrics: dict, chart: str | None = COMPARE_CHART) -> str:
+    """report.md: summary, paired test, warnings, per-class, confusion, calibration, speed.
+
+    With a compare result (`metrics["compare"]`) adds "Students compared"; `chart` is the file
+    name of its chart beside report.md (None: no image)."""
     labels, s = metrics["labels"], settings(metrics)
     teacher, student = metrics.get("teacher"), metrics.get("student")
     out = [
@@ -237,6 +344,8 @@ def render_markdown(metrics: dict) -> str:
         out += ["Measured on:\n" + "\n".join(f"- {h}" for h in hardware)] if hardware else []
     if line := cost_line(metrics):
         out += ["## Cost", line]
+    if (section := metrics.get("compare")) and section.get("rows"):
+        out += ["## Students compared", compare_markdown(section, chart)]
     if cascade := metrics.get("cascade"):
         out += ["## Cascade: the student first, the teacher when unsure",
                 "If the student answered only texts whose top probability is at least the "
@@ -264,13 +373,30 @@ def print_summary(metrics: dict, console: Console | None = None) -> None:
         console.print(f"warning: {w}", style="yellow", markup=False)
 
 
+def write_compare_chart(metrics: dict, out_dir: Path) -> Path | None:
+    """Write COMPARE_CHART beside report.md when the metrics hold a compare result; None when
+    they do not, or when matplotlib (the `report` extra) is missing."""
+    section = metrics.get("compare")
+    if not section or not section.get("rows"):
+        return None
+    try:
+        from llmdistill.report import plots
+    except UsageError:
+        return None
+    teacher = section.get("teacher") or {}
+    chart = plots.compare_chart(section["rows"], (teacher.get("accuracy") or {}).get("value"))
+    return atomic_write(Path(out_dir) / COMPARE_CHART, plots.svg_bytes(chart))
+
+
 def write_report(metrics: dict, out_dir: Path) -> dict[str, Path]:
-    """Write metrics.json and report.md into `out_dir`, each atomically; return their paths."""
+    """Write metrics.json and report.md into `out_dir`, each atomically (and the compare chart,
+    with a compare result); return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = clean(metrics)
+    chart = write_compare_chart(safe, out_dir)
     texts = {"metrics": json.dumps(safe, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-             "report": render_markdown(safe)}
+             "report": render_markdown(safe, chart.name if chart else None)}
     paths = {"metrics": out_dir / "metrics.json", "report": out_dir / "report.md"}
     for key, path in paths.items():
         atomic_write(path, texts[key])

@@ -244,3 +244,81 @@ def cascade_chart(curve: Sequence[dict], teacher_accuracy: float | None,
         ax.set_ylabel("percent of texts")
         ax.legend(loc="lower left", fontsize=8.5)
         return _chart(fig)
+
+
+MARKER_AREA = (14.0, 420.0)  # pt²: the smallest drawn marker, and the largest model's
+POINT_LABEL = 26  # characters of a student's name written beside its point
+
+
+def _compact(v: float) -> str:
+    """A log-axis tick: 300, 1k, 20k, 1M."""
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:g}{unit}"
+    return _number(v)
+
+
+def compare_chart(rows: Sequence[dict], teacher_accuracy: float | None) -> Chart:
+    """Accuracy (with its interval) against texts/s on a log axis, one point per student.
+
+    `rows` are compare.json's: marker area is proportional to megabytes on disk (never below
+    a visible minimum), each point is labelled with its name (shortened), and the Pareto
+    frontier (`pareto` rows) is a step line: the best accuracy to be had at each speed. Points
+    off it are drawn hollow; the teacher's accuracy, when known, is a dashed line.
+    """
+    from matplotlib.lines import Line2D
+
+    colour = PALETTE["student"]
+    x = np.array([r["speed"]["throughput_texts_per_s"] for r in rows], dtype=float)
+    acc = np.array([100 * r["accuracy"]["value"] for r in rows])
+    low = np.array([100 * r["accuracy"]["low"] for r in rows])
+    high = np.array([100 * r["accuracy"]["high"] for r in rows])
+    mb = np.array([(r.get("size") or {}).get("mb") or 0.0 for r in rows], dtype=float)
+    area = np.maximum(MARKER_AREA[0], MARKER_AREA[1] * mb / max(mb.max(initial=0.0), 1e-9))
+    front = np.array([bool(r.get("pareto")) for r in rows])
+    with _style():
+        fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+        ax = fig.subplots()
+        ax.errorbar(x, acc, yerr=[acc - low, high - acc], fmt="none", ecolor=colour, elinewidth=1,
+                    capsize=3, alpha=0.7)
+        order = np.argsort(x[front])
+        ax.step(x[front][order], acc[front][order], where="pre", color=PALETTE["gold"], lw=1.3)
+        ax.scatter(x[front], acc[front], s=area[front], color=colour, edgecolor=colour, zorder=3)
+        ax.scatter(x[~front], acc[~front], s=area[~front], facecolor="white", edgecolor=colour,
+                   linewidth=1.2, zorder=3)
+        span = np.log(x.max() * 6) - np.log(x.min() / 2)
+        for xi, yi, r in zip(x, acc, rows, strict=True):
+            name = str(r["name"])
+            if len(name) > POINT_LABEL:  # keep both ends: the model and a suffix such as int8
+                name = name[: POINT_LABEL - 11] + "…" + name[-10:]
+            left = (np.log(xi) - np.log(x.min() / 2)) / span > 0.6  # near the right edge
+            label = ax.annotate(_text(name), (xi, yi), xytext=(-6 if left else 6, 5),
+                                textcoords="offset points", fontsize=8, color="#222222",
+                                ha="right" if left else "left")
+            label.set_in_layout(False)  # a long name must not squeeze the axes
+        handles = [Line2D([], [], color=PALETTE["gold"], lw=1.3, label="Pareto frontier"),
+                   Line2D([], [], ls="", marker="o", ms=6, color=colour, label="on the frontier")]
+        if (~front).any():
+            handles.append(Line2D([], [], ls="", marker="o", ms=6, markerfacecolor="white",
+                                  markeredgecolor=colour, label="dominated"))
+        if teacher_accuracy is not None:
+            ax.axhline(100 * teacher_accuracy, ls="--", lw=1, color=PALETTE["teacher"])
+            handles.append(Line2D([], [], ls="--", lw=1, color=PALETTE["teacher"],
+                                  label="teacher"))
+        ax.set_xscale("log")
+        ax.set_xlim(x.min() / 2, x.max() * 6)  # room for the names right of the points
+        ax.xaxis.set_major_locator(LogLocator(numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _compact(v)))
+        floor = min(low.min(), 100 * teacher_accuracy if teacher_accuracy is not None else 100)
+        ax.set_ylim(max(0, floor - 5), min(104, high.max() + 6))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.set_xlabel("texts per second (log scale)")
+        ax.set_ylabel("accuracy on gold (%)")
+        ax.legend(handles=handles, loc="best", fontsize=8)
+        return _chart(fig)
+
+
+def svg_bytes(chart: Chart) -> bytes:
+    """The SVG file behind a chart's data: URI (for report.md, which links a file)."""
+    return base64.b64decode(chart.uri.split(",", 1)[1])

@@ -10,8 +10,23 @@ from typing import Any
 
 from llmdistill.files import atomic_write
 from llmdistill.student.record import StudentRecord
+from llmdistill.student.zoo import TRANSFORMERS, kind_of
 
 LICENSE = "Apache-2.0"
+_HF_USE = ["```python", "from transformers import pipeline", "",
+           'clf = pipeline("text-classification", model="PATH/TO/THIS/FOLDER")',
+           'clf(["an example text"], truncation=True, top_k=None)  # all labels with scores',
+           "```", "", "No llmdistill and no remote code are needed to load it."]
+_ZOO_USE = ["```python", "from llmdistill import StudentClassifier", "",
+            'clf = StudentClassifier.load("PATH/TO/THIS/FOLDER")',
+            'clf.predict_proba(["an example text"])  # one probability per label', "```", "",
+            "It runs in numpy (no PyTorch); its weights are safetensors and JSON, never pickles."]
+_HF_LOSS = ("Loss: `alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, teacher "
+            "label)`, with teacher_T = softmax(log p / T). The best epoch is chosen by agreement "
+            "with the teacher on a validation split. ")
+_ZOO_LOSS = ("A logistic-regression head fitted to the teacher's soft labels (each text weighted "
+             "once per label by its probability); its regularisation is chosen by agreement with "
+             "the teacher on a validation split. ")
 
 
 def render_model_card(
@@ -33,10 +48,12 @@ def render_model_card(
     teacher = manifest.pop("teacher", None)
     metrics = manifest.pop("metrics", None)
 
+    kind = kind_of(str(settings.get("model", "")))
+    hf = kind == TRANSFORMERS
     lines = [
         "---",
         f"license: {license_name.lower()}",
-        "library_name: transformers",
+        *(["library_name: transformers"] if hf else []),
         "pipeline_tag: text-classification",
         "tags:",
         "- llmdistill",
@@ -45,7 +62,8 @@ def render_model_card(
         "",
         "# Distilled text classifier",
         "",
-        f"A {result.get('parameters', 0) / 1e6:.1f}M-parameter encoder (from `{base_model}`) "
+        f"A {result.get('parameters', 0) / 1e6:.1f}M-parameter "
+        f"{'model' if hf else kind + ' model'} (from `{base_model}`) "
         "trained by [llmdistill](https://pypi.org/project/llmdistill/) to copy an LLM teacher's "
         "class probabilities (soft labels) and labels.",
         "",
@@ -53,14 +71,7 @@ def render_model_card(
         "",
         "## Use",
         "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        'clf = pipeline("text-classification", model="PATH/TO/THIS/FOLDER")',
-        'clf(["an example text"], truncation=True, top_k=None)  # all labels with scores',
-        "```",
-        "",
-        "No llmdistill and no remote code are needed to load it.",
+        *(_HF_USE if hf else _ZOO_USE),
         "",
         "## Teacher",
         "",
@@ -76,10 +87,7 @@ def render_model_card(
         "",
         "## Distillation",
         "",
-        "Loss: `alpha * T^2 * KL(teacher_T || student_T) "
-        "+ (1 - alpha) * CE(student, teacher label)`, with teacher_T = softmax(log p / T). "
-        "The best epoch is chosen by agreement with the teacher on a validation split. "
-        + _gold_use(result.get("noise")),
+        (_HF_LOSS if hf else _ZOO_LOSS) + _gold_use(result.get("noise")),
         "",
         "| setting | value |",
         "| --- | --- |",

@@ -320,7 +320,7 @@ def train_student(
         return kind_module(kind).train(train, validation, labels, cfg, out_dir, manifest,
                                        anchor=anchor, overwrite=overwrite)
     tr, va, noise = prepare_targets(train, validation, labels, cfg, anchor)
-    plan = _noise_plan(cfg, noise)
+    plan = noise_plan(cfg, noise)
     weights = example_weights(tr.probs, cfg.confidence_weighting,
                               class_factors(plan["class_weights"], tr.label_ids, len(labels),
                                             noise), tr.row_weights)
@@ -352,7 +352,7 @@ def train_student(
         if hasattr(unwrapped, "feature_projection"):
             del unwrapped.feature_projection
         unwrapped = merged(unwrapped)
-        record_noise = _describe_noise(noise, plan, cfg, weights)
+        record_noise = describe_noise(noise, plan, cfg, weights)
         if plan["prior_correction"] and noise is not None:
             record_noise.update(_correct_prior(trainer, unwrapped, noise))
         result = _result(trainer, unwrapped, out_dir, tr, seconds, peak, record_noise)
@@ -480,7 +480,7 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: P
 ANCHOR_OPTIONS = ("prior_correction", "forward_correction")
 
 
-def _noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None) -> dict[str, Any]:
+def noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None) -> dict[str, Any]:
     """Which anchor-based options can run; the others are switched off with a warning."""
     plan = {k: bool(getattr(cfg, k)) for k in ANCHOR_OPTIONS}
     plan["class_weights"] = cfg.class_weights
@@ -496,7 +496,7 @@ def _noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None) -> dict[str, An
     return plan
 
 
-def _describe_noise(noise: NoiseEstimate | None, plan: dict, cfg: StudentConfig,
+def describe_noise(noise: NoiseEstimate | None, plan: dict, cfg: StudentConfig,
                     weights: np.ndarray | None) -> dict[str, Any]:
     """The record of what noise handling was used, for the model card and the report."""
     out: dict[str, Any] = {
