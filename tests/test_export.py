@@ -173,3 +173,128 @@ def test_max_texts_caps_the_parity_set(student_copy, toy_parity_csv) -> None:
                             ExportConfig(max_texts=50))
     assert result.passed and result.record["texts"] == 50
     assert [v["file"] for v in result.variants] == [FP32_FILE]
+
+
+def _onnx_ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_static_int8_writes_a_qdq_model_that_runs_and_records_how_it_was_made(
+        student_copy, toy_parity_csv, toy_annotations) -> None:
+    frame = pd.read_csv(toy_parity_csv)
+    texts = frame["text"].tolist()
+    calibration = toy_annotations(60, seed=11)["text"].tolist() + texts[:5]  # 5 parity texts
+    cfg = ExportConfig(int8_method="static", calibrator="minmax", calibration_size=40,
+                       outlier_channels=2, outlier_ratio=1.0, int8_exclude=["layer.0/"],
+                       min_agreement=0.5)
+    result = export_student(student_copy, texts, frame["label"].tolist(), cfg, int8=True,
+                            calibration_texts=calibration)
+    int8 = {v["file"]: v for v in result.variants}[INT8_FILE]
+    q = int8["quantization"]
+    assert q["method"] == "static" and q["per_channel"]
+    assert q["calibration"]["data"] == "given texts" and q["calibration"]["calibrator"] == "minmax"
+    assert q["calibration"]["dropped_parity_overlap"] >= 1  # parity texts never calibrate
+    assert 1 <= q["calibration"]["texts"] <= 40
+    assert q["outlier_split"]["inputs"] >= 1 and q["outlier_split"]["channels"] == 2
+    assert q["fp32_nodes"] and all("layer.0/" in n or "attention/self/MatMul" in n
+                                   for n in q["fp32_nodes"])
+    assert any("layer.0/" in n for n in q["fp32_nodes"]) and q["int8_nodes"] >= 1
+    assert 0.0 <= int8["confident_agreement"] <= 1.0 and int8["confident_texts"] >= 1
+    path = student_copy / ONNX_DIR / INT8_FILE
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _onnx_ops(path)
+    probs = StudentClassifier.load_onnx(student_copy, path, 1).predict_proba(MIXED, batch_size=4)
+    assert probs.shape == (len(MIXED), 3) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert _record(student_copy)["settings"]["int8_method"] == "static"
+
+
+def test_a_real_int8_model_that_fails_parity_is_kept_marked_failed_and_never_used(
+        student_copy, toy_parity_csv, monkeypatch) -> None:
+    real = export_mod.quantize_int8
+
+    def broken(src, dst, cfg, calibration):
+        info = real(src, dst, cfg, calibration)
+        _shift_bias(dst, dst)  # the quantized model, made to say negative
+        return info
+
+    monkeypatch.setattr(export_mod, "quantize_int8", broken)
+    frame = pd.read_csv(toy_parity_csv)
+    result = export_student(student_copy, frame["text"].tolist(), frame["label"].tolist(),
+                            ExportConfig(int8_method="dynamic"), int8=True,
+                            calibration_texts=frame["text"].tolist()[:40] + ["a calm text"])
+    int8 = {v["file"]: v for v in result.variants}[INT8_FILE]
+    assert not result.passed and not int8["passed"]
+    assert int8["quantization"]["method"] == "dynamic"
+    assert (student_copy / ONNX_DIR / INT8_FILE).exists()
+    assert StudentClassifier.load(student_copy).backend == "onnx-fp32"
+
+
+def test_the_outlier_split_is_exact_in_fp32(exported_student_dir, tmp_path) -> None:
+    import onnx
+
+    from llmdistill.student.export import (
+        activation_absmax,
+        calibrate_on,
+        matmul_inputs,
+        preprocess,
+        split_outlier_channels,
+    )
+
+    clf = StudentClassifier.load(exported_student_dir, backend="torch")
+    pre = tmp_path / "pre.onnx"
+    preprocess(exported_student_dir / ONNX_DIR / FP32_FILE, pre)
+    model = onnx.load(str(pre))
+    groups = matmul_inputs(model)
+    cal = calibrate_on(clf, ExportConfig(), ["held out"], MIXED + ["the station is busy"])
+    absmax = activation_absmax(pre, list(groups), cal.batches, tmp_path)
+    assert set(absmax) == set(groups) and all((a >= 0).all() for a in absmax.values())
+    fp32, split = split_outlier_channels(model, groups, absmax, channels=3, ratio=1.0)
+    assert split == list(groups) and len(fp32) == sum(len(g) for g in groups.values())
+    onnx.save(model, str(tmp_path / "split.onnx"))
+    onnx.checker.check_model(str(tmp_path / "split.onnx"))
+    got = StudentClassifier.load_onnx(exported_student_dir, tmp_path / "split.onnx", 1, 1)
+    np.testing.assert_allclose(got.predict_proba(MIXED, batch_size=4),
+                               clf.predict_proba(MIXED, batch_size=4), atol=1e-5)
+
+
+def test_int8_exclude_keeps_attention_scores_and_refuses_a_pattern_matching_nothing(
+        exported_student_dir) -> None:
+    import onnx
+
+    from llmdistill.student.export import int8_fp32_nodes
+
+    model = onnx.load(str(exported_student_dir / ONNX_DIR / FP32_FILE))
+    inits = {i.name for i in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    auto = int8_fp32_nodes(model, "auto")
+    assert auto and all(not set(by_name[n].input) & inits for n in auto)
+    more = int8_fp32_nodes(model, ["layer.1/"])
+    assert set(auto) < set(more) and all(n in auto or "layer.1/" in n for n in more)
+    with pytest.raises(UsageError, match="matches no MatMul"):
+        int8_fp32_nodes(model, ["no-such-node"])
+
+
+def test_a_numpy_student_kind_has_nothing_to_export(tmp_path) -> None:
+    from llmdistill import __version__
+    from llmdistill.student.record import StudentRecord
+
+    folder = tmp_path / "tfidf-student"
+    folder.mkdir()
+    StudentRecord(llmdistill_version=__version__, labels=LABELS, kind="tfidf").save(folder)
+    before = sorted(p.name for p in folder.iterdir())
+    result = export_student(folder, ["any text"], int8=True)
+    assert result.nothing_to_export and result.passed and result.variants == []
+    assert "tfidf" in result.record["reason"] and "nothing to export" in result.record["reason"]
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+
+
+def test_parity_reports_agreement_on_confident_texts_apart_from_near_ties() -> None:
+    ref = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.41, 0.40, 0.19], [0.2, 0.2, 0.6]])
+    cand = ref.copy()
+    cand[2] = [0.40, 0.41, 0.19]  # the near-tie flips
+    p = parity(ref, cand, None, LABELS, 0.99, margin=0.1)
+    assert p["agreement"] == 0.75 and not p["passed"]
+    assert p["confident_agreement"] == 1.0 and p["confident_texts"] == 3
+    assert parity(ref, cand, None, LABELS, 0.5, margin=0.9)["confident_agreement"] is None

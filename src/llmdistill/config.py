@@ -265,9 +265,34 @@ class ExportConfig(_Strict):
                       description="texts the exported model must agree on (file or embedded split)")
     min_agreement: float = Field(0.99, gt=0.0, le=1.0,
                                  description="label agreement with PyTorch needed to use an export")
-    int8: bool = Field(False, description="also write model.int8.onnx (dynamic int8 quantization)")
+    int8: bool = Field(False, description="also write model.int8.onnx (int8 quantization)")
+    int8_method: Literal["dynamic", "static"] = Field(
+        "dynamic", description="dynamic: activation scales per batch at run time; static: QDQ "
+                               "with scales fixed on the calibration texts (measured less exact "
+                               "and no faster for MiniLM, bench/quantize.py)")
     per_channel: bool = Field(True, description="int8 scales per output channel (more accurate)")
     reduce_range: bool = Field(False, description="7-bit weights, for CPUs without VNNI")
+    outlier_channels: int = Field(
+        16, ge=0, description="per split MatMul input, this many channels with the largest "
+                              "calibration |x| run in fp32 beside the int8 MatMul (0: no split)")
+    outlier_ratio: float = Field(
+        4.0, gt=0.0, description="split a MatMul input only when its largest channel |x| is at "
+                                 "least this × the median channel's (MiniLM: 15 of its 24)")
+    int8_exclude: Literal["auto"] | list[str] = Field(
+        "auto", description="MatMuls kept in fp32: auto (activation × activation MatMuls; "
+                            "Gemms and embeddings are never quantized), or node-name substrings "
+                            "(e.g. 'layer.0/') kept in fp32 on top of those")
+    calibration_data: str = Field(
+        "tweets:train", description="training texts (file or embedded split) that calibrate int8 "
+                                    "(outlier channels, static scales); never the parity texts")
+    calibration_size: int = Field(256, ge=8, description="calibration texts used")
+    calibrator: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="static: how activation ranges are chosen from the calibration")
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="static: activation type (asymmetric uint8 or symmetric int8)")
+    confident_margin: float = Field(
+        0.1, ge=0.0, lt=1.0, description="parity also reports agreement on texts whose top-2 "
+                                         "PyTorch probabilities differ by at least this")
     opset: int = Field(17, ge=14)
     max_texts: int | None = Field(2000, ge=1, description="parity on at most this many texts")
     batch_size: int = Field(64, ge=1)
