@@ -161,3 +161,27 @@ def exported_student_dir(tiny_student_dir: Path, toy_parity_csv: Path,
                             ExportConfig(min_agreement=0.95), int8=True)
     assert result.passed, result.record
     return out
+
+
+@pytest.fixture(name="refuses_damaged")
+def refuses_damaged_fixture():
+    """`check(folder, file, tmp_path)`: a copy of the student folder with `file` missing, and one
+    with it corrupt, are each refused by `StudentClassifier.load` in one line that says retrain."""
+    import shutil
+
+    from llmdistill.errors import UsageError
+    from llmdistill.student.predict import StudentClassifier
+
+    def check(student: Path, damage: str, tmp_path: Path) -> None:
+        for how in ("missing", "corrupt"):
+            folder = tmp_path / how
+            shutil.copytree(student, folder)
+            if how == "missing":
+                (folder / damage).unlink()
+            else:
+                (folder / damage).write_bytes(b"\x00garbage")
+            with pytest.raises(UsageError, match="retrain") as err:
+                StudentClassifier.load(folder)
+            assert "\n" not in str(err.value)
+
+    return check

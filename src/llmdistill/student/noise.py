@@ -116,19 +116,26 @@ def class_factors(mode: str, teacher_label_ids: np.ndarray, k: int,
     raise UsageError(f"unknown class_weights {mode!r}: use one of {', '.join(CLASS_WEIGHTS)}")
 
 
+def classification_head(model: torch.nn.Module,
+                        n_labels: int) -> tuple[str, torch.nn.Linear] | None:
+    """The classification head's output layer: the last Linear with one output per label
+    (`classifier` in BERT, `classifier.out_proj` in RoBERTa, `score` in decoders)."""
+    heads = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and m.out_features == n_labels]
+    return heads[-1] if heads else None
+
+
 def fold_into_bias(model: torch.nn.Module, shift: np.ndarray) -> str:
     """Add `shift` to the bias of the classification head's output layer; returns its name.
 
     The head is the last Linear layer with one output per label (`classifier` in BERT,
     `classifier.out_proj` in RoBERTa).
     """
-    k = len(shift)
-    heads = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and m.out_features == k]
-    if not heads or heads[-1][1].bias is None:
+    found = classification_head(model, len(shift))
+    if found is None or found[1].bias is None:
         raise UsageError("prior correction needs a classification head with a bias: set "
                          "student.prior_correction to false for this model")
-    name, head = heads[-1]
+    name, head = found
     with torch.no_grad():
         head.bias += torch.as_tensor(shift, dtype=head.bias.dtype, device=head.bias.device)
     return name

@@ -55,6 +55,7 @@ from llmdistill.student.model_card import render_model_card
 from llmdistill.student.noise import (
     NoiseEstimate,
     class_factors,
+    classification_head,
     fold_into_bias,
     prior_shift,
 )
@@ -286,9 +287,8 @@ def merged(model: torch.nn.Module) -> PreTrainedModel:
 def head_has_bias(model: torch.nn.Module, n_labels: int) -> bool:
     """Whether the classification head (the last Linear with one output per label) has a bias,
     which prior correction shifts; decoder heads (`score`) have none."""
-    heads = [m for m in model.modules()
-             if isinstance(m, torch.nn.Linear) and m.out_features == n_labels]
-    return bool(heads) and heads[-1].bias is not None
+    found = classification_head(model, n_labels)
+    return found is not None and found[1].bias is not None
 
 
 def train_student(

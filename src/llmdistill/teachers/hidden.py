@@ -10,7 +10,6 @@ server's `/v1/embeddings` answer where the server has one. Vectors are cached pe
 
 from __future__ import annotations
 
-import contextlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -22,6 +21,8 @@ from llmdistill.config import TeacherConfig
 from llmdistill.errors import TeacherError, UsageError
 from llmdistill.teachers.base import file_fingerprint
 from llmdistill.teachers.registry import BACKENDS
+
+POOLING_MEAN = 1  # llama_cpp.LLAMA_POOLING_TYPE_MEAN (llama.h), without importing llama_cpp
 
 
 class Embedder(ABC):
@@ -42,19 +43,9 @@ class LlamaCppEmbedder(Embedder):
     """Mean-pooled last-layer states of a GGUF model (llama.cpp embedding mode)."""
 
     def __init__(self, model_path: Path, cfg: TeacherConfig) -> None:
-        try:
-            import llama_cpp
-        except ImportError:
-            raise TeacherError("llama-cpp-python is not installed: pip install "
-                               "'llmdistill[llamacpp]'") from None
-        if not model_path.is_file():
-            raise TeacherError(f"GGUF file {model_path} not found: check the path")
-        threads = cfg.n_threads or os.cpu_count() or 1
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-            self.llm = llama_cpp.Llama(
-                model_path=str(model_path), n_ctx=cfg.n_ctx, n_threads=threads,
-                n_threads_batch=threads, n_batch=512, embedding=True, verbose=False,
-                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, seed=0)
+        from llmdistill.teachers.llamacpp import open_llama
+
+        _, self.llm = open_llama(model_path, cfg, embedding=True, pooling_type=POOLING_MEAN)
         self.max_chars = cfg.max_text_chars
         self.id = f"llamacpp-mean:{model_path.stem}@{file_fingerprint(model_path)}"
 

@@ -6,6 +6,8 @@ import contextlib
 import ctypes
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,28 @@ def from_spec(request: TeacherRequest) -> LlamaCppTeacher:
     return LlamaCppTeacher(path, path.stem, request.labels, request.demos, request.cfg)
 
 
+def open_llama(model_path: Path, cfg: TeacherConfig, **kwargs) -> tuple[ModuleType, Any]:
+    """(llama_cpp, a quiet `Llama` on `model_path` with the teacher's context and threads);
+    `kwargs` go to `Llama` (logits or embedding mode). One-line TeacherErrors name the fix."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise TeacherError("llama-cpp-python is not installed: pip install "
+                           "'llmdistill[llamacpp]' (or use an hf: teacher)") from None
+    if not model_path.is_file():
+        raise TeacherError(f"GGUF file {model_path} not found: check the path")
+    threads = cfg.n_threads or os.cpu_count() or 1
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=cfg.n_ctx, n_threads=threads,
+                                  n_threads_batch=threads, n_batch=512, verbose=False, seed=0,
+                                  **kwargs)
+    except Exception as e:
+        raise TeacherError(f"llama.cpp cannot load {model_path} ({e}): is it a GGUF "
+                           "model file?") from None
+    return llama_cpp, llm
+
+
 class LlamaCppTeacher(PrefixScorer):
     """Label scoring with a GGUF model; the KV cache of the shared prefix is kept and reused.
 
@@ -33,26 +57,10 @@ class LlamaCppTeacher(PrefixScorer):
 
     def __init__(self, model_path: Path, name: str, labels: list[str], demos: list[dict],
                  cfg: TeacherConfig) -> None:
-        try:
-            import llama_cpp
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-        except ImportError:
-            raise TeacherError("llama-cpp-python is not installed: pip install "
-                               "'llmdistill[llamacpp]' (or use an hf: teacher)") from None
-        if not model_path.is_file():
-            raise TeacherError(f"GGUF file {model_path} not found: check the path")
-        self._lib = llama_cpp
-        threads = cfg.n_threads or os.cpu_count() or 1
-        try:
-            with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-                self.llm = llama_cpp.Llama(
-                    model_path=str(model_path), n_ctx=cfg.n_ctx, n_threads=threads,
-                    n_threads_batch=threads, n_batch=512, logits_all=False, verbose=False,
-                    seed=0,
-                )
-        except Exception as e:
-            raise TeacherError(f"llama.cpp cannot load {model_path} ({e}): is it a GGUF "
-                               "model file?") from None
+        self._lib, self.llm = open_llama(model_path, cfg, logits_all=False)
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # installed: checked above
+
+        threads = self.llm.n_threads
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise TeacherError(f"{model_path} has no chat template in its metadata: "
@@ -66,9 +74,9 @@ class LlamaCppTeacher(PrefixScorer):
         self.id = f"llamacpp:{name}@{fingerprint}"
         self.info = {"backend": "llama.cpp", "model": name, "path": str(model_path),
                      "fingerprint": fingerprint, "n_ctx": cfg.n_ctx, "threads": threads,
-                     "parameters": int(llama_cpp.llama_model_n_params(self.llm.model)),
+                     "parameters": int(self._lib.llama_model_n_params(self.llm.model)),
                      "decoding": "label scoring: next-token probabilities, no sampling",
-                     "llama_cpp_python": llama_cpp.__version__}
+                     "llama_cpp_python": self._lib.__version__}
         super().__init__(labels, prompt, cfg.max_text_chars)
         self.info.update(prefix_tokens=len(self._prefix), whole_sequences=self.whole_sequences)
 
