@@ -214,6 +214,16 @@ def agreement(pred: EvalPrediction, transition: np.ndarray | None = None) -> dic
     return {METRIC: float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
+def _drop_gguf_marker(model: PreTrainedModel) -> None:
+    """Forget that the weights came from GGUF: transformers dequantizes them to fp32 on load but
+    keeps a GGUF quantizer on the model, and Trainer refuses to train a "quantized" model; a
+    saved config would also name a quantization the folder does not have."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def load_student(
     name: str, labels: list[str], lora: LoraConfig | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -255,6 +265,8 @@ def load_student(
                              "end-of-text token: pick another model")
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    if gguf_file:
+        _drop_gguf_marker(model)
     if lora is not None:
         model = with_lora(model, lora, name)
     return model, tokenizer
