@@ -200,3 +200,80 @@ def test_model_size_counts_the_folders_weights_not_tokenizer_or_exports(tmp_path
     (tmp_path / "tokenizer.json").write_bytes(b"x" * 9999)
     assert model_size(tmp_path) == {"bytes": 1000, "mb": 0.001, "files": 1}
     assert model_size(tmp_path / "onnx" / "model.onnx")["bytes"] == 500
+
+
+# --- multi-label ---------------------------------------------------------------------------
+
+def _sets(seed: int, n: int = 120, k: int = 4):
+    rng = np.random.default_rng(seed)
+    gold = rng.random((n, k)) < 0.35
+    flip = rng.random((n, k)) < 0.2
+    return gold, gold ^ flip, rng
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_set_metrics_match_sklearn(seed):
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss
+
+    from llmdistill.evaluate import set_metrics
+
+    gold, pred, _ = _sets(seed)
+    m = set_metrics(gold, pred, list("abcd"), n_boot=200)
+    assert m["micro_f1"]["value"] == pytest.approx(f1_score(gold, pred, average="micro"))
+    assert m["macro_f1"]["value"] == pytest.approx(
+        f1_score(gold, pred, average="macro", zero_division=0))
+    assert m["subset_accuracy"]["value"] == pytest.approx(accuracy_score(gold, pred))
+    assert m["hamming_loss"]["value"] == pytest.approx(hamming_loss(gold, pred))
+    for key in ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"):
+        assert m[key]["low"] <= m[key]["value"] <= m[key]["high"]
+    assert m["cardinality"]["gold"] == pytest.approx(gold.sum(1).mean())
+
+
+def test_set_metrics_of_a_perfect_model_are_exact():
+    from llmdistill.evaluate import set_metrics
+
+    gold, _, _ = _sets(0)
+    m = set_metrics(gold, gold, list("abcd"), n_boot=100)
+    assert m["micro_f1"] == {"value": 1.0, "low": 1.0, "high": 1.0}
+    assert m["hamming_loss"]["value"] == 0.0
+
+
+def test_compare_sets_is_antisymmetric_and_counts_discordant_texts():
+    from llmdistill.evaluate import compare_sets
+
+    gold, a, rng = _sets(3)
+    b = gold ^ (rng.random(gold.shape) < 0.1)
+    ab, ba = compare_sets(a, b, gold, n_boot=200), compare_sets(b, a, gold, n_boot=200)
+    assert (ab["b"], ab["c"]) == (ba["c"], ba["b"])
+    assert ab["micro_f1_difference"]["value"] == pytest.approx(
+        -ba["micro_f1_difference"]["value"])
+    assert ab["agreement"] == ba["agreement"]
+
+
+def test_cardinality_warning_when_the_student_predicts_too_few_labels():
+    from llmdistill.evaluate import cardinality_warnings
+
+    gold, _, _ = _sets(1)
+    empty = np.zeros_like(gold)
+    warnings = cardinality_warnings(empty, gold, list("abcd"), 0.6)
+    assert any("labels per text" in w for w in warnings)
+    assert cardinality_warnings(gold, gold, list("abcd"), 0.6) == []
+
+
+def test_evaluate_sets_counts_teacher_failures_as_empty_sets():
+    from llmdistill.evaluate import evaluate_sets
+
+    labels = ["x", "y", "z"]
+    gold_df = pd.DataFrame({"id": ["1", "2", "3", "4"], "text": list("abcd"),
+                            "label": ["x", "x|y", "z", "y|z"]})
+    teacher = pd.DataFrame({"id": ["1", "2", "3", "4"], "status": ["ok", "ok", "error", "ok"],
+                            "label": ["x", "x|y", None, "y"],
+                            "prob_x": [0.9, 0.8, np.nan, 0.1], "prob_y": [0.1, 0.7, np.nan, 0.9],
+                            "prob_z": [0.2, 0.1, np.nan, 0.3]})
+    student = np.array([[0.9, 0.1, 0.1], [0.9, 0.9, 0.1], [0.1, 0.1, 0.9], [0.1, 0.9, 0.9]])
+    m = evaluate_sets(gold_df, teacher, student, labels, EvaluateConfig(bootstrap=50), {})
+    assert m["task"] == "multi_label"
+    assert m["student"]["subset_accuracy"]["value"] == 1.0
+    assert m["teacher"]["subset_accuracy"]["value"] == 0.5
+    assert m["teacher_not_ok"]["count"] == 1
+    assert m["student_vs_teacher"]["b"] == 2

@@ -294,3 +294,45 @@ def test_write_report_writes_the_compare_chart_beside_report_md(metrics, tmp_pat
     assert "![" in paths["report"].read_text() and "](compare.svg)" in paths["report"].read_text()
     loaded = json.loads(paths["metrics"].read_text())
     assert loaded["compare"]["rows"][0]["name"] == "minilm-l6"
+
+
+def _set_metrics():
+    import numpy as np
+    import pandas as pd
+
+    from llmdistill.config import EvaluateConfig
+    from llmdistill.evaluate import evaluate_sets
+
+    rng = np.random.default_rng(0)
+    labels = [f"label{i}" for i in range(25)]  # many labels: the report stays a table
+    gold = rng.random((60, 25)) < 0.15
+    gold[:, 0] = True
+    names = ["|".join(lab for lab, g in zip(labels, row, strict=True) if g) for row in gold]
+    gold_df = pd.DataFrame({"id": [str(i) for i in range(60)], "text": names, "label": names})
+    noisy = gold ^ (rng.random(gold.shape) < 0.1)
+    teacher = pd.DataFrame({"id": gold_df["id"], "status": "ok",
+                            "label": ["|".join(lab for lab, g in zip(labels, row, strict=True)
+                                               if g) for row in noisy],
+                            **{f"prob_{lab}": noisy[:, j] * 0.8 + 0.1
+                               for j, lab in enumerate(labels)}})
+    probs = np.clip(gold * 0.7 + rng.random(gold.shape) * 0.3, 0, 1)
+    return evaluate_sets(gold_df, teacher, probs, labels, EvaluateConfig(bootstrap=50), {},
+                         thresholds=[0.5] * 25)
+
+
+def test_multi_label_report_shows_set_metrics_and_a_row_per_label():
+    from llmdistill.report.markdown import render_markdown
+
+    md = render_markdown(_set_metrics())
+    assert "micro-F1" in md and "Hamming loss" in md and "exact set" in md
+    assert md.count("| label") >= 25  # one per-label row each (and the header)
+    assert "Confusion" not in md
+
+
+def test_multi_label_html_report_is_one_page_with_the_per_label_chart(tmp_path):
+    from llmdistill.report.html import write_html
+
+    path = write_html(_set_metrics(), None, tmp_path)
+    page = path.read_text()
+    assert page.startswith("<!doctype html>") and "<table>" in page
+    assert "data:image/svg+xml;base64," in page

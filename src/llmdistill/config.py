@@ -36,6 +36,11 @@ class DataConfig(_Strict):
     text_column: str = "text"
     label_column: str = "label"
     labels: list[str] | None = Field(None, description="label set; inferred from gold if unset")
+    task: Literal["auto", "single_label", "multi_label"] = Field(
+        "auto", description="single_label: one label per text; multi_label: any subset (gold "
+                            "cells are lists or `a|b` strings); auto: multi_label when a gold "
+                            "cell holds a list or a `|`, else single_label")
+    allow_empty_labels: bool = Field(False, description="multi_label: a text may have no label")
     split_seed: int = 13
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -80,6 +85,13 @@ class TeacherConfig(_Strict):
     n_ctx: int = 2048
     n_threads: int | None = Field(None, description="CPU threads; all cores if unset")
     max_text_chars: int = 1000
+    max_text_tokens: int | None = Field(
+        None, ge=8, description="local teachers see at most this many tokens of a text (long "
+                                "documents); truncated texts are counted in the ledger")
+    label_question: str = Field(
+        'Does the label "{label}" ({description}) apply to this text? Answer yes or no.',
+        description="multi_label: the question asked once per label after the text "
+                    "({label}, {description})")
     api: ApiConfig = Field(default_factory=ApiConfig)
 
 
@@ -146,7 +158,20 @@ class StudentConfig(_Strict):
     learning_rate: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="share of steps warming up")
-    max_length: int = Field(128, ge=8, description="tokens per text; longer ones are truncated")
+    max_length: int = Field(128, ge=8, description="tokens per text (per window with "
+                                                   "long_text: windows)")
+    long_text: Literal["truncate", "windows"] = Field(
+        "truncate", description="a text longer than max_length: keep its first max_length "
+                                "tokens, or split it into overlapping windows whose logits are "
+                                "pooled (training and prediction alike)")
+    window_stride: int = Field(96, ge=1, description="tokens between window starts")
+    max_windows: int = Field(8, ge=1, description="windows per text at most (the rest is cut)")
+    window_pool: Literal["mean", "max"] = Field("mean", description="how windows' logits pool")
+    thresholds: Literal["tuned", "fixed"] = Field(
+        "tuned", description="multi_label: per-label thresholds tuned on validation for F1 "
+                             "against the teacher, or `threshold` for every label")
+    threshold: float = Field(0.5, ge=0.0, le=1.0,
+                             description="multi_label: the decision threshold when fixed")
     seed: int = 42
     early_stopping_patience: int = Field(2, ge=1, description="epochs without a better agreement")
     threads: int | None = Field(None, ge=1,

@@ -25,6 +25,7 @@ from sklearn.metrics import (
 
 from llmdistill.config import EvaluateConfig
 from llmdistill.errors import DataError, UsageError
+from llmdistill.tasks import get_task
 
 NO_ANSWER = "(no answer)"
 _DEFAULTS = EvaluateConfig()  # the keyword defaults below are config.py's, not copies
@@ -360,3 +361,198 @@ def teacher_breakdown(gold_df: pd.DataFrame, teacher_df: pd.DataFrame, student_p
             row["ece_calibrated"] = calibration(calibrated[i], gold, labels, cfg.ece_bins)["ece"]
         rows.append(row)
     return rows
+
+
+# --- multi-label (tasks/multi_label.py): label sets as (n, k) bool matrices -------------------
+
+def _set_rows(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per-row counts whose resampled sums give every multi-label metric: exact match, mismatched
+    labels, then per label tp, fp, fn, gold count and predicted count."""
+    tp, fp, fn = gold & pred, ~gold & pred, gold & ~pred
+    return np.hstack([np.all(gold == pred, axis=1)[:, None], (gold != pred).sum(1)[:, None],
+                      tp, fp, fn, gold, pred]).astype(np.float64)
+
+
+def _set_scores(s: np.ndarray, n: float, k: int) -> dict[str, np.ndarray]:
+    """Subset accuracy, Hamming loss, micro-F1 and macro-F1 from summed `_set_rows` (m, cols)."""
+    tp, fp, fn = s[:, 2:2 + k], s[:, 2 + k:2 + 2 * k], s[:, 2 + 2 * k:2 + 3 * k]
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    t, d = tp.sum(1), denom.sum(1)
+    return {"subset_accuracy": s[:, 0] / n, "hamming_loss": s[:, 1] / (n * k),
+            "micro_f1": np.divide(2 * t, d, out=np.zeros_like(t), where=d > 0),
+            "macro_f1": f1.mean(1)}
+
+
+def set_metrics(
+    gold: np.ndarray,
+    pred: np.ndarray,
+    labels: list[str],
+    probs: np.ndarray | None = None,
+    n_boot: int = _DEFAULTS.bootstrap,
+    ci: float = _DEFAULTS.ci,
+    seed: int = _DEFAULTS.seed,
+    ece_bins: int = _DEFAULTS.ece_bins,
+) -> dict:
+    """Multi-label metrics with percentile-bootstrap intervals (rows resampled): micro/macro-F1,
+    subset accuracy (exact set), Hamming loss, per-label precision/recall/F1, label cardinality.
+
+    `gold` and `pred` are (n, k) bool; with `probs` (n, k, per-label probabilities) adds the ECE
+    of every (text, label) probability against whether the label applies.
+    """
+    gold, pred = np.asarray(gold, dtype=bool), np.asarray(pred, dtype=bool)
+    n, k = gold.shape
+    if n == 0 or pred.shape != gold.shape:
+        raise DataError(f"need as many label sets as gold ones (got {pred.shape} and "
+                        f"{gold.shape})")
+    rows = _set_rows(gold, pred)
+    point = {m: float(v[0]) for m, v in _set_scores(rows.sum(0)[None, :], n, k).items()}
+    boots = [_set_scores(w @ rows, n, k) for w in _resample_weights(n, n_boot, seed)]
+    out: dict = {"n": n}
+    for m in point:
+        out[m] = _interval(point[m], np.concatenate([b[m] for b in boots]), ci)
+    tp, fp, fn = (gold & pred).sum(0), (~gold & pred).sum(0), (gold & ~pred).sum(0)
+    out["per_label"] = {
+        lab: {"precision": float(tp[j] / max(tp[j] + fp[j], 1)),
+              "recall": float(tp[j] / max(tp[j] + fn[j], 1)),
+              "f1": float(2 * tp[j] / max(2 * tp[j] + fp[j] + fn[j], 1)),
+              "support": int(gold[:, j].sum()), "predicted": int(pred[:, j].sum())}
+        for j, lab in enumerate(labels)}
+    out["cardinality"] = {"gold": float(gold.sum(1).mean()), "predicted": float(pred.sum(1).mean()),
+                          "empty_predictions": int((pred.sum(1) == 0).sum())}
+    if probs is not None:
+        p = np.asarray(probs, dtype=np.float64)
+        ok = ~np.isnan(p).any(axis=1)
+        binary = calibration_binary(p[ok].ravel(), gold[ok].ravel(), ece_bins)
+        out.update(binary)
+    return out
+
+
+def calibration_binary(p: np.ndarray, truth: np.ndarray, bins: int = _DEFAULTS.ece_bins) -> dict:
+    """ECE of independent probabilities `p` that an event (`truth`) happens: equal-width bins."""
+    which = np.clip(np.ceil(p * bins).astype(int) - 1, 0, bins - 1)
+    ece, reliability = 0.0, []
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            acc, c = float(truth[m].mean()), float(p[m].mean())
+            ece += m.sum() / len(p) * abs(acc - c)
+            reliability.append({"low": b / bins, "high": (b + 1) / bins, "count": int(m.sum()),
+                                "confidence": c, "accuracy": acc})
+    return {"ece": float(ece), "calibrated_n": int(len(p)), "reliability": reliability}
+
+
+def compare_sets(
+    a: np.ndarray,
+    b: np.ndarray,
+    gold: np.ndarray,
+    n_boot: int = _DEFAULTS.bootstrap,
+    ci: float = _DEFAULTS.ci,
+    seed: int = _DEFAULTS.seed,
+    alpha: float = _DEFAULTS.significance,
+) -> dict:
+    """Paired comparison of two multi-label models on the same texts: McNemar's exact test on
+    exact-set correctness, the paired bootstrap interval of micro-F1(A) − micro-F1(B), the share
+    of texts given the same set, and A's micro-F1 against B (agreement beyond exact sets)."""
+    a, b, gold = (np.asarray(x, dtype=bool) for x in (a, b, gold))
+    n, k = gold.shape
+    a_ok, b_ok = np.all(a == gold, 1), np.all(b == gold, 1)
+    nb, nc = int(np.sum(a_ok & ~b_ok)), int(np.sum(~a_ok & b_ok))
+    p = binomtest(nb, nb + nc, 0.5).pvalue if nb + nc else 1.0
+    verdict = "no significant difference" if p >= alpha else ("a_better" if nb > nc else "b_better")
+    ra, rb = _set_rows(gold, a), _set_rows(gold, b)
+    diff = []
+    for w in _resample_weights(n, n_boot, seed):
+        diff.append(_set_scores(w @ ra, n, k)["micro_f1"] - _set_scores(w @ rb, n, k)["micro_f1"])
+    point = (_set_scores(ra.sum(0)[None, :], n, k)["micro_f1"]
+             - _set_scores(rb.sum(0)[None, :], n, k)["micro_f1"])[0]
+    vs = _set_scores(_set_rows(b, a).sum(0)[None, :], n, k)
+    return {"n": n, "b": nb, "c": nc, "p_value": float(p), "alpha": alpha, "verdict": verdict,
+            "micro_f1_difference": _interval(point, np.concatenate(diff), ci),
+            "agreement": float(np.mean(np.all(a == b, 1))),
+            "micro_f1_vs": float(vs["micro_f1"][0])}
+
+
+def cardinality_warnings(pred: np.ndarray, gold: np.ndarray, labels: list[str],
+                         ratio: float) -> list[str]:
+    """The multi-label analogue of class collapse: too few labels per text overall, or a label
+    predicted for fewer than `ratio` × its gold share of the texts."""
+    pred, gold = np.asarray(pred, dtype=bool), np.asarray(gold, dtype=bool)
+    out = []
+    pc, gc = pred.sum(1).mean(), gold.sum(1).mean()
+    if gc > 0 and pc < ratio * gc:
+        out.append(f"{pc:.2f} labels per text predicted against {gc:.2f} in gold — the label "
+                   "sets are collapsing (lower the thresholds or check the teacher)")
+    for j, lab in enumerate(labels):
+        p_share, g_share = pred[:, j].mean(), gold[:, j].mean()
+        if g_share > 0 and p_share < ratio * g_share:
+            recall = pred[gold[:, j], j].mean()
+            out.append(f"{lab}: predicted for {p_share:.0%} of texts but {g_share:.0%} of gold "
+                       f"(recall {recall:.2f}) — the label is collapsing")
+    return out
+
+
+def evaluate_sets(
+    gold_df: pd.DataFrame,
+    teacher_df: pd.DataFrame | None,
+    student_probs: np.ndarray | None,
+    labels: list[str],
+    cfg: EvaluateConfig,
+    info: dict,
+    thresholds: Sequence[float] | None = None,
+) -> dict:
+    """`evaluate_predictions` for a multi-label task: gold, teacher and student label sets on the
+    same texts. The teacher's set is its store label (each label at ≥ 0.5); a text it gave no
+    usable answer counts as the empty set (every gold label missed) and is counted in
+    `teacher_not_ok`. The student's set applies its per-label `thresholds`. The baseline is the
+    most frequent gold label set."""
+    task = get_task("multi_label")
+    gold_s = gold_df["label"].astype(str).tolist()
+    unknown = sorted({lab for g in gold_s for lab in task.split(g)} - set(labels))
+    if unknown:
+        raise DataError(f"gold labels {unknown[:5]} are not in the label set {labels}")
+    gold = task.targets(gold_s, labels) > 0.5
+    kw = {"n_boot": cfg.bootstrap, "ci": cfg.ci, "seed": cfg.seed}
+    common = pd.Series(gold_s).value_counts().index[0]
+    out: dict = {
+        "task": task.name,
+        "n": len(gold_s),
+        "labels": list(labels),
+        "gold": {"counts": {lab: int(gold[:, j].sum()) for j, lab in enumerate(labels)},
+                 "shares": {lab: float(gold[:, j].mean()) for j, lab in enumerate(labels)},
+                 "cardinality": float(gold.sum(1).mean())},
+        "majority": {"label": common, **set_metrics(
+            gold, np.repeat(task.targets([common], labels) > 0.5, len(gold_s), 0), labels, **kw)},
+        "teacher": None, "student": None, "student_vs_teacher": None, "teacher_not_ok": None,
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "warnings": [], "settings": cfg.model_dump(), "info": info,
+    }
+    sets = {}
+    if teacher_df is not None:
+        pred, t_probs, status = _teacher_columns(gold_df, teacher_df, labels)
+        sets["teacher"] = task.targets([p if p is not None else "" for p in pred], labels) > 0.5
+        out["teacher"] = set_metrics(gold, sets["teacher"], labels, t_probs,
+                                     ece_bins=cfg.ece_bins, **kw)
+        bad_status = pd.Series(status[status != "ok"]).value_counts()
+        out["teacher_not_ok"] = {"count": int(bad_status.sum()),
+                                 "by_status": {k: int(v) for k, v in bad_status.items()}}
+        if len(bad_status):
+            out["warnings"].append(
+                f"teacher: {int(bad_status.sum())} of {len(gold_s)} texts got no usable answer "
+                f"({', '.join(f'{k} {v}' for k, v in bad_status.items())}); they count as empty "
+                "label sets")
+    if student_probs is not None:
+        student_probs = np.asarray(student_probs, dtype=np.float64)
+        if student_probs.shape != gold.shape:
+            raise DataError(f"student probabilities have shape {student_probs.shape}, "
+                            f"expected {gold.shape}")
+        sets["student"] = task.decide_matrix(student_probs, thresholds)
+        out["student"] = set_metrics(gold, sets["student"], labels, student_probs,
+                                     ece_bins=cfg.ece_bins, **kw)
+    if len(sets) == 2:
+        out["student_vs_teacher"] = {"a_model": "student", "b_model": "teacher", **compare_sets(
+            sets["student"], sets["teacher"], gold, alpha=cfg.significance, **kw)}
+    for who, pred in sets.items():
+        out["warnings"] += [f"{who}, {w}" for w in
+                            cardinality_warnings(pred, gold, labels, cfg.collapse_ratio)]
+    return out

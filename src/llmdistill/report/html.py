@@ -52,6 +52,7 @@ from llmdistill.report.markdown import (
     verdict,
     write_compare_chart,
 )
+from llmdistill.report.sets import render_sets_html
 
 SAMPLE = 20  # disagreements shown
 TEXT_LIMIT = 600  # characters of a text shown in the sample
@@ -314,6 +315,8 @@ def _compare(metrics: dict) -> dict | None:
 def render_html(metrics: dict, predictions: pd.DataFrame | None = None,
                 sample: int = SAMPLE) -> str:
     """The report page for `metrics` (evaluate's dict); `predictions` adds the disagreements."""
+    if metrics.get("task") == "multi_label":
+        return render_sets_html(metrics)
     m = clean(metrics)
     s = settings(m)
     c = m.get("student_vs_teacher")

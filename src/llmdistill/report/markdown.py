@@ -16,6 +16,7 @@ from rich.table import Table
 
 from llmdistill.errors import UsageError
 from llmdistill.files import atomic_write
+from llmdistill.report import sets
 from llmdistill.report.format import (
     DASH,
     clean,
@@ -291,6 +292,8 @@ def render_markdown(metrics: dict, chart: str | None = COMPARE_CHART) -> str:
 
     With a compare result (`metrics["compare"]`) adds "Students compared"; `chart` is the file
     name of its chart beside report.md (None: no image)."""
+    if metrics.get("task") == "multi_label":
+        return sets.render_sets_markdown(metrics)
     labels, s = metrics["labels"], settings(metrics)
     teacher, student = metrics.get("teacher"), metrics.get("student")
     out = [
@@ -360,14 +363,15 @@ def render_markdown(metrics: dict, chart: str | None = COMPARE_CHART) -> str:
 def print_summary(metrics: dict, console: Console | None = None) -> None:
     """The summary table, the verdict and the warnings (in yellow) on the terminal."""
     console = console or Console()
-    rows = summary_rows(metrics)
+    multi = metrics.get("task") == "multi_label"
+    rows = sets.summary_rows(metrics) if multi else summary_rows(metrics)
     table = Table(title=f"student vs teacher vs gold ({metrics['n']} texts)")
     for col in rows[0]:
         table.add_column(col)
     for r in rows:
         table.add_row(*r.values())
     console.print(table)
-    if v := verdict(metrics):
+    if v := (sets.verdict(metrics) if multi else verdict(metrics)):
         console.print(v)
     for w in metrics["warnings"]:
         console.print(f"warning: {w}", style="yellow", markup=False)
