@@ -298,3 +298,50 @@ def test_parity_reports_agreement_on_confident_texts_apart_from_near_ties() -> N
     assert p["agreement"] == 0.75 and not p["passed"]
     assert p["confident_agreement"] == 1.0 and p["confident_texts"] == 3
     assert parity(ref, cand, None, LABELS, 0.5, margin=0.9)["confident_agreement"] is None
+
+
+# ---- multi-label and windows --------------------------------------------------------------------
+
+def test_multilabel_parity_compares_label_sets_not_the_top_label() -> None:
+    ref = np.array([[0.9, 0.6, 0.1], [0.9, 0.2, 0.1], [0.3, 0.2, 0.45]])
+    cand = np.array([[0.8, 0.55, 0.2],  # the same set {a, b}, other numbers
+                     [0.9, 0.6, 0.1],  # the same top label but the set {a, b}, not {a}
+                     [0.3, 0.2, 0.55]])  # a label crosses its threshold
+    p = parity(ref, cand, ["a|b", "a", "c"], ["a", "b", "c"], 0.5, margin=0.1,
+               task="multi_label", thresholds=np.array([0.5, 0.5, 0.5]))
+    assert p["agreement"] == pytest.approx(1 / 3) and not p["passed"]
+    assert p["reference_accuracy"] == pytest.approx(2 / 3)  # exact sets against gold
+    assert p["accuracy"] == pytest.approx(2 / 3)  # right on the third, wrong on the second
+    assert p["confident_texts"] == 2 and p["confident_agreement"] == 0.5
+    lower = parity(ref, cand, None, ["a", "b", "c"], 0.5, task="multi_label",
+                   thresholds=np.array([0.5, 0.7, 0.4]))  # the record's thresholds decide
+    assert lower["agreement"] == 1.0 and lower["passed"]
+
+
+def test_a_windowed_multilabel_student_exports_with_set_parity_and_runs_windows_on_onnx(
+        tiny_bert_dir, tmp_path) -> None:
+    from test_student import ML_LABELS, multilabel_annotations, tiny_cfg
+
+    from llmdistill.student.train import train_student
+
+    train, val = multilabel_annotations(60, seed=1), multilabel_annotations(20, seed=2)
+    train.loc[::4, "text"] = train.loc[::4, "text"].map(lambda t: " ".join([t] * 6))
+    out = tmp_path / "student"
+    cfg = tiny_cfg(tiny_bert_dir, epochs=2, max_length=16, long_text="windows",
+                   window_stride=8, max_windows=3, window_pool="max")
+    train_student(train, val, ML_LABELS, cfg, out, {"task": "multi_label"})
+    parity_set = multilabel_annotations(40, seed=3)
+    texts = parity_set["text"].tolist() + [" ".join(["pizza guitar"] * 30)] * 2
+    gold = parity_set["label"].tolist() + ["food|music"] * 2
+    result = export_student(out, texts, gold, ExportConfig(), int8=False)
+    assert result.passed, result.record
+    record = _record(out)
+    assert record["task"] == "multi_label" and len(record["thresholds"]) == 3
+    assert record["variants"][0]["agreement"] == 1.0 and record["torch_accuracy"] is not None
+    onnx_clf = StudentClassifier.load(out)
+    torch_clf = StudentClassifier.load(out, backend="torch")
+    assert onnx_clf.backend == "onnx-fp32" and onnx_clf.task == "multi_label"
+    assert onnx_clf.windowing == torch_clf.windowing and onnx_clf.windowing.pool == "max"
+    np.testing.assert_allclose(onnx_clf.predict_proba(texts), torch_clf.predict_proba(texts),
+                               atol=1e-4)
+    assert onnx_clf.predict(texts[-2:]) == torch_clf.predict(texts[-2:])

@@ -257,3 +257,30 @@ def test_anchor_rows_train_on_their_gold_label_and_the_rest_on_the_teacher(toy_a
     assert set(np.unique(hot)) == {0.0, 1.0} and (hot.sum(axis=1) == 1).all()
     pd.testing.assert_frame_equal(out.loc[~is_anchor], frame.loc[~is_anchor])
     pd.testing.assert_frame_equal(frame, before)  # the caller's frame is not modified
+
+
+def test_multilabel_anchor_noise_is_counted_per_label_and_gold_trains_multi_hot() -> None:
+    from llmdistill.student.noise import estimate_multilabel_noise, with_gold_targets
+
+    labels = ["a", "b", "c"]
+    frame = pd.DataFrame({"id": ["1", "2", "3", "4"], "status": "ok",
+                          "label": ["a|b", "", "c", "a"], "gold": ["a", "b", "c", "a|c"],
+                          "prob_a": 0.6, "prob_b": 0.6, "prob_c": 0.2})
+    noise = estimate_multilabel_noise(frame, labels)
+    assert noise.task == "multi_label" and noise.anchor_size == 4
+    assert noise.counts.shape == (3, 2, 2) and noise.counts.sum() == 12
+    assert noise.counts[1].tolist() == [[2, 1], [1, 0]]  # label b: gold no/yes × teacher no/yes
+    hits, both = 3, 5 + 4  # a: 2 (rows 1, 4), c: 1; gold has 5 labels, the teacher 4
+    assert noise.teacher_agreement == pytest.approx(2 * hits / both)
+    out = with_gold_targets(frame, frame.iloc[[0, 3]], labels, task="multi_label")
+    assert out["label"].tolist() == ["a", "", "c", "a|c"]
+    assert out.loc[3, ["prob_a", "prob_b", "prob_c"]].tolist() == [1.0, 0.0, 1.0]
+    assert out.loc[1, "prob_a"] == 0.6  # not an anchor row: the teacher's
+
+
+def test_multilabel_confidence_weights_by_the_mean_per_label_confidence() -> None:
+    from llmdistill.student.losses import example_weights
+
+    probs = np.array([[0.9, 0.1], [0.5, 0.5]])
+    w = example_weights(probs, True, None, exclusive=False)
+    np.testing.assert_allclose(w, np.array([0.9, 0.5]) / 0.7)

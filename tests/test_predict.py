@@ -106,3 +106,24 @@ def test_helpers_read_stdin_and_write_atomically(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["p.csv"]
     with pytest.raises(UsageError, match="already exists"):
         write_predictions(records, LABELS, out)
+
+
+def test_multilabel_records_carry_the_canonical_set_and_its_list_into_every_format(
+        tmp_path) -> None:
+    labels = ["food", "music", "sports"]
+    probs = np.array([[0.9, 0.2, 0.6], [0.1, 0.3, 0.2]])
+    records = prediction_records(["a", "b"], ["x", "y"], probs, labels, task="multi_label",
+                                 thresholds=np.array([0.5, 0.5, 0.7]))
+    assert [r["label"] for r in records] == ["food", ""]
+    assert [r["labels"] for r in records] == [["food"], []]
+    assert records[0]["probs"] == {"food": 0.9, "music": 0.2, "sports": 0.6}
+    default = prediction_records(["a"], ["x"], probs[:1], labels, task="multi_label")
+    assert default[0]["label"] == "food|sports" and default[0]["labels"] == ["food", "sports"]
+    write_predictions(records, labels, tmp_path / "p.csv")
+    frame = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert list(frame.columns) == ["id", "text", "label", "prob_food", "prob_music",
+                                   "prob_sports"]
+    assert frame["label"].tolist() == ["food", ""]
+    write_predictions(records, labels, tmp_path / "p.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert lines == records

@@ -41,3 +41,38 @@ def test_a_broken_record_names_the_file_and_the_fix(tmp_path: Path, text: str) -
     with pytest.raises(UsageError, match="unreadable.*retrain") as e:
         StudentRecord.load(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_a_record_from_before_tasks_loads_as_single_label(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"llmdistill_version": "0.1.0",
+                                                      "labels": ["a", "b"]}))
+    back = StudentRecord.load(tmp_path)
+    assert back.task == "single_label" and back.thresholds is None
+    assert back.threshold_array is None
+
+
+def test_a_multilabel_record_keeps_its_thresholds_out_of_the_callers_manifest(
+        tmp_path: Path) -> None:
+    r = record()
+    r.task, r.thresholds = "multi_label", [0.35, 0.6]
+    r.save(tmp_path)
+    back = StudentRecord.load(tmp_path)
+    assert back.task == "multi_label" and back.thresholds == [0.35, 0.6]
+    assert back.threshold_array.tolist() == [0.35, 0.6]
+    assert "task" not in back.manifest and "thresholds" not in back.manifest
+    assert back.summary()["thresholds"] == [0.35, 0.6]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"task": "multi_label", "thresholds": [0.5, 1.5]}, "one value in \\[0, 1\\] per label"),
+    ({"task": "multi_label", "thresholds": [-0.1, 0.5]}, "one value in \\[0, 1\\] per label"),
+    ({"task": "multi_label", "thresholds": [0.5]}, "for 2 labels"),
+    ({"task": "regression"}, "unknown task 'regression'"),
+])
+def test_bad_thresholds_or_an_unknown_task_are_a_one_line_error(tmp_path: Path, fields: dict,
+                                                                 message: str) -> None:
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps({"llmdistill_version": "0.1.0",
+                                                      "labels": ["a", "b"], **fields}))
+    with pytest.raises(UsageError, match=message) as e:
+        StudentRecord.load(tmp_path)
+    assert "\n" not in str(e.value) and MANIFEST_FILE in str(e.value)

@@ -157,3 +157,22 @@ def test_the_default_base_is_the_configured_static_base() -> None:
 def test_a_broken_model2vec_folder_is_refused_in_one_line(static_student: Path, tmp_path: Path,
                                                           damage: str, refuses_damaged) -> None:
     refuses_damaged(static_student, damage, tmp_path)
+
+
+def test_a_multilabel_model2vec_student_trains_and_gives_label_sets(tiny_bert_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    from test_student import ML_LABELS, multilabel_annotations
+
+    out = tmp_path / "ml"
+    train_student(multilabel_annotations(80, seed=1), multilabel_annotations(24, seed=2),
+                  ML_LABELS, StudentConfig(model=f"model2vec:{tiny_bert_dir}", static=PCA,
+                                           thresholds="fixed", threshold=0.4), out,
+                  {"task": "multi_label"})
+    assert StudentRecord.load(out).thresholds == [0.4, 0.4, 0.4]
+    clf = StudentClassifier.load(out)
+    assert clf.task == "multi_label" and clf.backend == static.BACKEND
+    texts = multilabel_annotations(12, seed=3)["text"].tolist()
+    probs = clf.predict_proba(texts)
+    assert probs.shape == (12, 3) and ((probs >= 0) & (probs <= 1)).all()
+    assert clf.predict(texts) == ["|".join(lab for lab, p in zip(ML_LABELS, row, strict=True)
+                                           if p >= 0.4) for row in probs]

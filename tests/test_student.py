@@ -371,3 +371,232 @@ def test_feature_loss_without_hidden_states_or_with_mixed_widths_is_a_data_error
     mixed.at[3, "teacher_features"] = np.zeros(7, dtype=np.float32)
     with pytest.raises(DataError, match="wrong size"):
         train_student(mixed, val, LABELS, cfg, tmp_path / "b")
+
+
+# ---- multi-label --------------------------------------------------------------------------------
+
+ML_LABELS = ["food", "music", "sports"]
+ML_WORDS = {"food": ["pizza", "pasta", "bread", "cheese", "soup", "salad"],
+            "music": ["guitar", "song", "piano", "concert", "album", "drums"],
+            "sports": ["football", "tennis", "goal", "match", "team", "race"]}
+ML_SUBSETS = [[], ["food"], ["music"], ["sports"], ["food", "music"], ["food", "sports"],
+              ["music", "sports"], ["food", "music", "sports"]]
+
+
+def multilabel_annotations(n: int, seed: int = 0) -> pd.DataFrame:
+    """A multi-label store: each label has its own words; every subset (the empty one too)
+    occurs; the teacher's per-label probabilities are independent (0.65–0.95 for the labels that
+    apply, 0.02–0.3 for the others), `label` and `gold` the canonical set at 0.5."""
+    import random
+
+    from conftest import FILLER
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        chosen = ML_SUBSETS[i % len(ML_SUBSETS)]
+        words = rng.sample(FILLER, 3) + [w for lab in chosen for w in rng.sample(ML_WORDS[lab], 2)]
+        rng.shuffle(words)
+        probs = {f"prob_{lab}": rng.uniform(0.65, 0.95) if lab in chosen else rng.uniform(0.02, 0.3)
+                 for lab in ML_LABELS}
+        label = "|".join(chosen)
+        rows.append({"id": f"m{i}", "text": " ".join(words), "status": "ok", "label": label,
+                     "gold": label, **probs})
+    return pd.DataFrame(rows)
+
+
+def _is_canonical(answer: str, labels: list[str]) -> bool:
+    parts = answer.split("|") if answer else []
+    return parts == [lab for lab in labels if lab in parts]
+
+
+def _ml_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(6, 4, generator=g), torch.rand(6, 4, generator=g)
+
+
+def test_multilabel_loss_has_zero_gradient_where_each_sigmoid_is_the_teachers_probability():
+    from llmdistill.student.losses import multilabel_distillation_loss
+
+    _, teacher = _ml_batch()
+    logits = torch.logit(teacher).clone().requires_grad_(True)
+    multilabel_distillation_loss(logits, teacher, alpha=1.0).backward()
+    assert logits.grad.abs().max().item() < 1e-6
+
+
+def test_multilabel_loss_at_alpha_zero_is_bce_against_the_hard_labels_and_mixes_by_alpha():
+    from llmdistill.student.losses import multilabel_distillation_loss
+
+    logits, teacher = _ml_batch()
+    hard = (teacher >= 0.5).float()
+    expected = F.binary_cross_entropy_with_logits(logits, hard)
+    assert multilabel_distillation_loss(logits, teacher, 0.0).item() == pytest.approx(
+        expected.item(), rel=1e-5)
+    soft = F.binary_cross_entropy_with_logits(logits, teacher)
+    mixed = multilabel_distillation_loss(logits, teacher, 0.3)
+    assert mixed.item() == pytest.approx(0.3 * soft.item() + 0.7 * expected.item(), rel=1e-5)
+    gold = 1.0 - hard  # given hard labels (an anchor's gold) replace p ≥ 0.5
+    assert multilabel_distillation_loss(logits, teacher, 0.0, hard=gold).item() == pytest.approx(
+        F.binary_cross_entropy_with_logits(logits, gold).item(), rel=1e-5)
+    w = torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    per = F.binary_cross_entropy_with_logits(logits, teacher, reduction="none").mean(1)
+    assert multilabel_distillation_loss(logits, teacher, 1.0, weights=w).item() == pytest.approx(
+        (per * w).mean().item(), rel=1e-5)
+
+
+def test_multilabel_loss_stays_finite_at_exact_zeros_and_ones() -> None:
+    from llmdistill.student.losses import multilabel_distillation_loss
+
+    logits = torch.tensor([[30.0, -30.0], [0.0, 0.0]], requires_grad=True)
+    loss = multilabel_distillation_loss(logits, torch.tensor([[0.0, 1.0], [1.0, 0.0]]), 0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+@pytest.fixture(scope="module")
+def ml_trained(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny BERT multi-label student (anchor on gold), shared by the tests that inspect it."""
+    train, validation = multilabel_annotations(160, seed=1), multilabel_annotations(40, seed=2)
+    out = tmp_path_factory.mktemp("ml-run") / "student"
+    result = train_student(train, validation, ML_LABELS, tiny_cfg(tiny_bert_dir), out,
+                           {"task": "multi_label", "data": {"source": "toy"}}, anchor=train)
+    return result, out
+
+
+def test_a_multilabel_student_gives_independent_per_label_probabilities_and_label_sets(
+        ml_trained) -> None:
+    from llmdistill.tasks import get_task
+
+    result, out = ml_trained
+    assert 0.7 <= result.validation_agreement <= 1.0  # micro-F1 with the teacher's sets
+    clf = StudentClassifier.load(out)
+    assert clf.task == "multi_label" and clf.labels == ML_LABELS
+    texts = multilabel_annotations(24, seed=3)["text"].tolist() + ["", "pizza " * 80]
+    probs = clf.predict_proba(texts, batch_size=5)
+    assert probs.shape == (26, 3) and ((probs >= 0) & (probs <= 1)).all()
+    assert not np.allclose(probs.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
+    answers = clf.predict(texts, batch_size=7)
+    assert all(_is_canonical(a, ML_LABELS) for a in answers)
+    assert answers == get_task("multi_label").decide(probs, ML_LABELS, clf.thresholds)
+    assert clf.decide(probs) == answers
+
+
+def test_a_multilabel_record_has_the_task_and_one_threshold_per_label(ml_trained) -> None:
+    from llmdistill.student.record import StudentRecord
+
+    _, out = ml_trained
+    record = StudentRecord.load(out)
+    assert record.task == "multi_label" and len(record.thresholds) == 3
+    assert all(0.0 <= t <= 1.0 for t in record.thresholds)
+    np.testing.assert_array_equal(StudentClassifier.load(out).thresholds, record.thresholds)
+    assert record.noise["prior_correction"] is False and record.noise["anchor_size"] > 0
+    assert json.loads((out / "config.json").read_text())["problem_type"] == \
+        "multi_label_classification"
+    card = (out / "README.md").read_text()
+    assert "Multi-label" in card and "| label | threshold |" in card and "BCE" in card
+
+
+def test_a_reloaded_multilabel_student_gives_identical_probabilities(ml_trained) -> None:
+    _, out = ml_trained
+    texts = multilabel_annotations(16, seed=4)["text"].tolist()
+    a = StudentClassifier.load(out).predict_proba(texts)
+    b = StudentClassifier.load(out, backend="torch").predict_proba(texts)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_multilabel_folder_gives_sigmoid_scores_in_a_plain_transformers_pipeline(
+        ml_trained) -> None:
+    from transformers import pipeline
+
+    _, out = ml_trained
+    texts = ["pizza and a guitar song", "the football match today", "it was so"]
+    rows = pipeline("text-classification", model=str(out), top_k=None)(texts, truncation=True)
+    ours = StudentClassifier.load(out).predict_proba(texts)
+    for row, p in zip(rows, ours, strict=True):
+        theirs = {d["label"]: d["score"] for d in row}
+        assert [theirs[lab] for lab in ML_LABELS] == pytest.approx(list(p), abs=1e-5)
+
+
+def test_fixed_thresholds_are_the_configured_threshold_for_every_label(tiny_bert_dir,
+                                                                        tmp_path) -> None:
+    from llmdistill.student.record import StudentRecord
+
+    train, val = multilabel_annotations(40, seed=5), multilabel_annotations(16, seed=6)
+    cfg = tiny_cfg(tiny_bert_dir, epochs=1, thresholds="fixed", threshold=0.3)
+    train_student(train, val, ML_LABELS, cfg, tmp_path / "s", {"task": "multi_label"})
+    assert StudentRecord.load(tmp_path / "s").thresholds == [0.3, 0.3, 0.3]
+
+
+def test_softmax_only_options_are_skipped_for_multilabel_with_one_line_each(
+        tiny_bert_dir, tmp_path, caplog) -> None:
+    train, val = multilabel_annotations(40, seed=5), multilabel_annotations(16, seed=6)
+    cfg = tiny_cfg(tiny_bert_dir, epochs=1, forward_correction=True, label_smoothing=0.1,
+                   class_weights="anchor", anchor_size=20)
+    with caplog.at_level(logging.INFO, logger="llmdistill.student.train"):
+        result = train_student(train, val, ML_LABELS, cfg, tmp_path / "s",
+                               {"task": "multi_label"}, anchor=train)
+    for name in ("prior_correction", "forward_correction", "class_weights", "label_smoothing"):
+        assert caplog.text.count(f"multi_label: {name}=") == 1
+        assert result.noise[name] in (False, "none", 0.0)
+    assert "no anchor set" not in caplog.text
+
+
+# ---- long texts as windows ----------------------------------------------------------------------
+
+def test_short_texts_stay_whole_and_long_ones_become_overlapping_windows(tiny_bert_dir) -> None:
+    from transformers import AutoTokenizer
+
+    from llmdistill.student.windows import Windowing, split_windows
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
+    w = Windowing(max_length=16, stride=8, max_windows=4, pool="mean")
+    long_text = ("the a today this my it was is really so and we great love awful hate "
+                 "meeting table station report")  # 20 words of one token each
+    longest = " ".join(["great"] * 200)
+    windows, owner = split_windows(["love it", long_text, longest], tok, w)
+    assert windows[0] == "love it" and owner.tolist()[0] == 0
+    own = [win for win, o in zip(windows, owner, strict=True) if o == 1]
+    assert 1 < len(own) <= 4 and own[0].startswith("the a") and own[-1].endswith("report")
+    assert (owner == 2).sum() == 4  # capped at max_windows
+    for win in windows:
+        assert win in (long_text, longest, "love it") or win in long_text or win in longest
+        assert len(tok(win, truncation=True, max_length=16)["input_ids"]) <= 16
+    ids = tok(long_text, add_special_tokens=False)["input_ids"]
+    firsts = [tok(win, add_special_tokens=False)["input_ids"][0] for win in own]
+    assert firsts == [ids[i] for i in range(0, 8 * len(own), 8)]  # starts 8 tokens apart
+
+
+def test_window_logits_pool_by_mean_or_max_per_text() -> None:
+    from llmdistill.student.windows import pool_logits
+
+    logits = np.array([[1.0, 0.0], [3.0, -2.0], [0.5, 0.5]])
+    owner = np.array([0, 0, 1])
+    np.testing.assert_allclose(pool_logits(logits, owner, 2, "mean"), [[2.0, -1.0], [0.5, 0.5]])
+    np.testing.assert_allclose(pool_logits(logits, owner, 2, "max"), [[3.0, 0.0], [0.5, 0.5]])
+
+
+def test_a_windowed_student_trains_on_windows_and_pools_them_to_predict_long_texts(
+        tiny_bert_dir, toy_annotations, tmp_path) -> None:
+    from llmdistill.student.record import StudentRecord
+    from llmdistill.student.windows import split_windows
+
+    train, val = toy_annotations(60, seed=1), toy_annotations(20, seed=2)
+    for frame in (train, val):
+        frame.loc[::3, "text"] = frame.loc[::3, "text"].map(lambda t: " ".join([t] * 5))
+    cfg = tiny_cfg(tiny_bert_dir, epochs=2, max_length=16, long_text="windows",
+                   window_stride=8, max_windows=4)
+    result = train_student(train, val, LABELS, cfg, tmp_path / "s", anchor=train)
+    assert len(result.noise["prior_shift"]) == 3  # from the validation texts' pooled logits
+    assert result.used == 60  # texts, not windows
+    assert StudentRecord.load(tmp_path / "s").student_config["long_text"] == "windows"
+    assert "overlapping windows" in (tmp_path / "s" / "README.md").read_text()
+    clf = StudentClassifier.load(tmp_path / "s")
+    assert clf.windowing is not None and clf.windowing.max_length == 16
+    texts = ["love it", " ".join(["awful terrible day and the meeting"] * 10)]
+    probs = clf.predict_proba(texts)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    windows, owner = split_windows(texts, clf.tokenizer, clf.windowing)
+    assert (owner == 1).sum() > 1
+    pooled = clf._logits(windows, 8, False)[owner == 1].mean(axis=0)
+    expected = np.exp(pooled - pooled.max()) / np.exp(pooled - pooled.max()).sum()
+    np.testing.assert_allclose(probs[1], expected, atol=1e-9)

@@ -52,3 +52,49 @@ def test_teacher_features_keep_ok_rows_in_order_and_follow_their_rationales(
     tr, _, _ = prepare_targets(train, toy_annotations(6, seed=1), LABELS, cfg, None)
     assert tr.features.shape == (len(tr.texts), 4)
     assert np.allclose(tr.features[11:], tr.features[:11])
+
+
+ML = ["food", "music", "sports"]
+
+
+def _ml_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "id": ["a", "b", "c", "d"], "text": ["x", "y", "z", "w"],
+        "status": ["ok", "ok", "ok", "error"], "label": ["food|sports", "", "music", None],
+        "prob_food": [0.9, 0.1, 0.2, np.nan], "prob_music": [0.3, 0.2, 0.8, np.nan],
+        "prob_sports": [0.7, 0.05, 0.1, np.nan]})
+
+
+def test_multilabel_targets_keep_independent_probabilities_and_the_teachers_label_sets() -> None:
+    from llmdistill.student.targets import teacher_targets
+
+    t = teacher_targets(_ml_frame(), ML, "train", "multi_label")
+    assert t.skipped == 1 and t.texts == ["x", "y", "z"]
+    np.testing.assert_allclose(t.probs[0], [0.9, 0.3, 0.7])  # not renormalised
+    np.testing.assert_array_equal(t.label_matrix, [[1, 0, 1], [0, 0, 0], [0, 1, 0]])
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("prob_music", 1.2, "out-of-\\[0, 1\\]"), ("label", "food|jazz", "jazz")])
+def test_multilabel_targets_refuse_probabilities_outside_0_1_and_unknown_labels(
+        column: str, value, message: str) -> None:
+    from llmdistill.student.targets import teacher_targets
+
+    frame = _ml_frame()
+    frame.loc[1, column] = value
+    with pytest.raises(DataError, match=message):
+        teacher_targets(frame, ML, "train", "multi_label")
+
+
+def test_micro_f1_and_the_fixed_or_tuned_thresholds() -> None:
+    from llmdistill.student.targets import decision_thresholds, micro_f1
+
+    ref = np.array([[1, 0], [1, 1], [0, 0]])
+    assert micro_f1(ref, ref) == 1.0 and micro_f1(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+    assert micro_f1(np.array([[1, 1], [0, 0], [0, 0]]), ref) == pytest.approx(2 * 1 / (2 + 3))
+    probs = np.array([[0.3, 0.1], [0.35, 0.9], [0.1, 0.2]])
+    assert decision_thresholds(StudentConfig(thresholds="fixed", threshold=0.4), probs,
+                               ref) == [0.4, 0.4]
+    tuned = decision_thresholds(StudentConfig(), probs, ref)
+    assert len(tuned) == 2 and all(0 <= t <= 1 for t in tuned)
+    assert ((probs >= np.array(tuned)) == (ref > 0)).all()  # separable: tuned thresholds split it

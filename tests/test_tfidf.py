@@ -190,3 +190,58 @@ def test_bad_tfidf_settings_and_data_are_refused(toy_annotations, tmp_path: Path
         train_student(one_label, frame, LABELS, StudentConfig(model="tfidf"), tmp_path / "b")
     assert not any((tmp_path / name).exists() for name in "abc")
     pd.testing.assert_frame_equal(frame, toy_annotations(30, seed=1))  # inputs untouched
+
+
+# ---- multi-label --------------------------------------------------------------------------------
+
+def test_one_vs_rest_fits_each_label_to_its_soft_probability() -> None:
+    from llmdistill.student.heads import fit_one_vs_rest
+
+    x, _ = blobs(60, seed=5)
+    rng = np.random.default_rng(5)
+    probs = rng.uniform(size=(60, 3))
+    probs[:, 2] = 0.0  # no text has label 2: a fixed, very negative logit
+    head, models = fit_one_vs_rest(x, probs, None, c=0.5)
+    assert head.coef.shape == (3, 4) and models[2] is None
+    for j in range(2):
+        dup = LogisticRegression(C=0.5, max_iter=1000, tol=1e-8).fit(
+            np.vstack([x, x]), np.repeat([0, 1], 60),
+            sample_weight=np.concatenate([1 - probs[:, j], probs[:, j]]))
+        np.testing.assert_allclose(1 / (1 + np.exp(-head.logits(x)[:, j])),
+                                   dup.predict_proba(x)[:, 1], atol=1e-3)
+    assert (head.logits(x)[:, 2] < -10).all() and not head.coef[2].any()
+
+
+@pytest.fixture(scope="module")
+def tfidf_ml_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_student import ML_LABELS, multilabel_annotations
+
+    out = tmp_path_factory.mktemp("tfidf-ml") / "student"
+    train = multilabel_annotations(160, seed=1)
+    train_student(train, multilabel_annotations(40, seed=2), ML_LABELS,
+                  StudentConfig(model="tfidf"), out, {"task": "multi_label"}, anchor=train)
+    return out
+
+
+def test_a_multilabel_tfidf_student_gives_per_label_sigmoids_thresholds_and_label_sets(
+        tfidf_ml_student: Path) -> None:
+    from test_student import ML_LABELS, multilabel_annotations
+
+    from llmdistill.tasks import get_task
+
+    record = StudentRecord.load(tfidf_ml_student)
+    assert record.kind == "tfidf" and record.task == "multi_label"
+    assert len(record.thresholds) == 3 and all(0 <= t <= 1 for t in record.thresholds)
+    assert 0.7 <= record.validation_agreement <= 1.0  # micro-F1 with the teacher
+    clf = StudentClassifier.load(tfidf_ml_student)
+    assert clf.task == "multi_label" and clf.thresholds.tolist() == record.thresholds
+    held_out = multilabel_annotations(40, seed=7)
+    probs = clf.predict_proba(held_out["text"].tolist(), batch_size=16)
+    assert probs.shape == (40, 3) and ((probs >= 0) & (probs <= 1)).all()
+    assert not np.allclose(probs.sum(axis=1), 1.0)
+    answers = clf.predict(held_out["text"].tolist())
+    assert answers == get_task("multi_label").decide(probs, ML_LABELS, record.thresholds)
+    assert all(set(a.split("|")) <= set(ML_LABELS) for a in answers if a)
+    again = StudentClassifier.load(tfidf_ml_student).predict_proba(held_out["text"].tolist())
+    np.testing.assert_array_equal(probs, again)
+    assert "Multi-label" in (tfidf_ml_student / "README.md").read_text()

@@ -18,6 +18,10 @@ calibration); activation × activation MatMuls and the pooler/classifier Gemms s
 
 Students of the non-transformer kinds (tfidf, model2vec) run in numpy: for them there is nothing
 to export, and `export_student` says so without writing anything.
+
+A multi-label student agrees on a text when the file gives it the same label set as PyTorch at
+the record's thresholds (`task.decide_matrix`), and its accuracy on gold is exact-set accuracy;
+a windowed student runs its windows through both the same way (`StudentClassifier`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from llmdistill.student.predict import (
 )
 from llmdistill.student.record import StudentRecord
 from llmdistill.student.zoo import TRANSFORMERS
+from llmdistill.tasks import get_task
+from llmdistill.tasks.multi_label import check_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -117,15 +123,22 @@ class Calibration:
 
 def parity(reference: np.ndarray, candidate: np.ndarray, gold: list[str] | None,
            labels: list[str], min_agreement: float,
-           margin: float = ExportConfig().confident_margin) -> dict[str, Any]:
+           margin: float = ExportConfig().confident_margin, *, task: str = "single_label",
+           thresholds: np.ndarray | None = None) -> dict[str, Any]:
     """Agreement of `candidate` with `reference` probabilities, and both accuracies on gold.
 
     `confident_agreement` counts only texts whose two most probable labels (by `reference`)
-    differ by at least `margin`: near-ties flip at the smallest numerical change.
+    differ by at least `margin`: near-ties flip at the smallest numerical change. Multi-label
+    `task`: a text agrees when both give it the same label set at `thresholds`; confident texts
+    have every label's probability at least margin / 2 from its threshold (the binary form of a
+    top-2 gap), and accuracy is exact-set accuracy on canonical gold strings.
     """
     if reference.shape != candidate.shape or not len(reference):
         raise UsageError(f"parity needs two non-empty probability arrays of one shape (got "
                          f"{reference.shape} and {candidate.shape})")
+    if not get_task(task).exclusive:
+        return _set_parity(reference, candidate, gold, labels, min_agreement, margin,
+                           get_task(task), thresholds)
     ref_pred, cand_pred = reference.argmax(axis=1), candidate.argmax(axis=1)
     same = ref_pred == cand_pred
     agreement = float(np.mean(same))
@@ -144,6 +157,31 @@ def parity(reference: np.ndarray, candidate: np.ndarray, gold: list[str] | None,
         g = np.array([index.get(x, -1) for x in gold])
         out["reference_accuracy"] = float(np.mean(ref_pred == g))
         out["accuracy"] = float(np.mean(cand_pred == g))
+        out["accuracy_change"] = 100 * (out["accuracy"] - out["reference_accuracy"])
+    return out
+
+
+def _set_parity(reference: np.ndarray, candidate: np.ndarray, gold: list[str] | None,
+                labels: list[str], min_agreement: float, margin: float, task: Any,
+                thresholds: np.ndarray | None) -> dict[str, Any]:
+    """`parity` for a multi-label student: label sets, not argmaxes."""
+    ref_sets = task.decide_matrix(reference, thresholds)
+    cand_sets = task.decide_matrix(candidate, thresholds)
+    same = (ref_sets == cand_sets).all(axis=1)
+    agreement = float(np.mean(same))
+    t = check_thresholds(thresholds, reference.shape[1])
+    confident = (np.abs(reference - t[None, :]) >= margin / 2).all(axis=1)
+    out: dict[str, Any] = {"agreement": agreement,
+                           "max_abs_prob_diff": float(np.abs(reference - candidate).max()),
+                           "confident_agreement": (float(np.mean(same[confident]))
+                                                   if confident.any() else None),
+                           "confident_texts": int(confident.sum()),
+                           "accuracy": None, "reference_accuracy": None, "accuracy_change": None,
+                           "passed": agreement >= min_agreement}
+    if gold is not None:
+        g = task.targets([str(x) for x in gold], labels) > 0.5
+        out["reference_accuracy"] = float(np.mean((ref_sets == g).all(axis=1)))
+        out["accuracy"] = float(np.mean((cand_sets == g).all(axis=1)))
         out["accuracy_change"] = 100 * (out["accuracy"] - out["reference_accuracy"])
     return out
 
@@ -182,8 +220,11 @@ def export_student(
         raise UsageError("no parity texts: pass --data with at least one text")
     reference = StudentClassifier.load(model_dir, backend="torch")
     labels = reference.labels
-    if gold is not None and not set(gold) <= set(labels):
-        bad = sorted(set(gold) - set(labels))[:5]
+    task = get_task(reference.task)
+    given = set(gold or []) if task.exclusive else {
+        lab for g in (gold or []) for lab in task.split(str(g))}
+    if gold is not None and not given <= set(labels):
+        bad = sorted(given - set(labels))[:5]
         raise UsageError(f"the parity data's labels {bad} are not the student's {labels}: "
                          "pass --data with the student's label set")
     calibration = None
@@ -207,7 +248,8 @@ def export_student(
             t0 = time.perf_counter()
             probs = clf.predict_proba(texts, batch_size=cfg.batch_size)
             seconds = time.perf_counter() - t0
-            p = parity(ref_probs, probs, gold, labels, cfg.min_agreement, cfg.confident_margin)
+            p = parity(ref_probs, probs, gold, labels, cfg.min_agreement, cfg.confident_margin,
+                       task=task.name, thresholds=reference.thresholds)
             variants.append(asdict(VariantParity(
                 file=name, precision=precision, agreement=p["agreement"],
                 max_abs_prob_diff=p["max_abs_prob_diff"], accuracy=p["accuracy"],
@@ -224,16 +266,31 @@ def export_student(
             "texts": len(texts),
             "gold": gold is not None,
             "threshold": cfg.min_agreement,
-            "torch_accuracy": (float(np.mean(np.array(labels)[ref_probs.argmax(1)]
-                                             == np.array(gold))) if gold is not None else None),
+            "torch_accuracy": _accuracy(reference, ref_probs, gold),
             "torch_seconds": ref_seconds,
             "export_seconds": export_seconds,
             "settings": cfg.model_dump(mode="json") | {"int8": int8},
+            **({} if task.exclusive else {"task": task.name, "thresholds": (
+                None if reference.thresholds is None
+                else [float(t) for t in reference.thresholds])}),
             "variants": variants,
             "passed": all(v["passed"] for v in variants),
         }
         (tmp / PARITY_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return ExportResult(out_dir=final, record=record)
+
+
+def _accuracy(reference: StudentClassifier, probs: np.ndarray,
+              gold: list[str] | None) -> float | None:
+    """PyTorch's accuracy on the parity gold: its label (single-label) or exact label set."""
+    if gold is None:
+        return None
+    task = get_task(reference.task)
+    if task.exclusive:
+        return float(np.mean(np.array(reference.labels)[probs.argmax(1)] == np.array(gold)))
+    chosen = task.decide_matrix(probs, reference.thresholds)
+    g = task.targets([str(x) for x in gold], reference.labels) > 0.5
+    return float(np.mean((chosen == g).all(axis=1)))
 
 
 def calibrate_on(classifier: StudentClassifier, cfg: ExportConfig, parity_texts: list[str],

@@ -10,6 +10,13 @@ regularisation C is picked from `student.head_c` by agreement with the teacher's
 validation split (validation is used for nothing else); class weights, confidence weighting,
 label smoothing and the anchor's prior correction follow the transformer student. The head is
 saved as safetensors (coef, intercept), never pickled.
+
+Multi-label (the store's manifest says `task: multi_label`): one-vs-rest, one binary logistic
+regression per label on the teacher's probability that the label applies (the same
+duplication: each row once as "no" with weight w × (1 − p_j), once as "yes" with w × p_j), a
+sigmoid per label at prediction; C is chosen by micro-F1 with the teacher's label sets, and the
+per-label thresholds (`student.thresholds`) are set on validation as for the transformer student.
+The softmax-only options (prior correction, class weights, label smoothing) are skipped.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from llmdistill.errors import DataError, UsageError
 from llmdistill.files import atomic_dir
 from llmdistill.student.model_card import render_model_card
 from llmdistill.student.record import StudentRecord
+from llmdistill.tasks import get_task
+from llmdistill.tasks.base import sigmoid
 
 if TYPE_CHECKING:
     from llmdistill.student.noise import NoiseEstimate
@@ -116,6 +125,7 @@ class HeadFit:
     validation_agreement: float  # of the chosen C, before the prior correction
     seconds: float  # fitting every C
     noise: dict[str, Any] = field(default_factory=dict)  # train.py's noise record
+    task: str = "single_label"  # multi_label: the head's logits are one sigmoid per label
 
     def selection(self) -> dict[str, Any]:
         """JSON-ready record of the C search."""
@@ -153,26 +163,13 @@ def fit_soft_logistic(x: Any, probs: np.ndarray, weights: np.ndarray | None, c: 
     _ABSENT_MARGIN below the lowest) and the sklearn estimator, which `warm` (a previous
     estimator fitted on the same rows) lets start from its solution.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
     xr, y, sw = soft_label_rows(x, probs, weights)
     present = np.unique(y)
     k = probs.shape[1]
     if len(present) < 2:
         raise DataError("every training text carries the same teacher label: nothing to "
                         "learn; annotate texts of more than one label")
-    model = warm if warm is not None else LogisticRegression(max_iter=_MAX_ITER, warm_start=True)
-    model.set_params(C=c)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(xr, y, sample_weight=sw)
-    for w in caught:  # the others as they would have been shown
-        if not issubclass(w.category, ConvergenceWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        logger.warning("head C=%g: lbfgs stopped after %d iterations before converging; the "
-                       "fit is used as it is", c, _MAX_ITER)
+    model = _fit_lbfgs(xr, y, sw, c, warm)
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1:  # binary: sklearn's sigmoid z is the softmax of (−z/2, z/2)
         coef = np.vstack([-coef / 2, coef / 2])
@@ -184,6 +181,58 @@ def fit_soft_logistic(x: Any, probs: np.ndarray, weights: np.ndarray | None, c: 
     return LinearHead(coef=full_coef.astype(np.float32), intercept=full_b), model
 
 
+def _fit_lbfgs(xr: Any, y: np.ndarray, sw: np.ndarray, c: float, warm: Any) -> Any:
+    """scikit-learn's lbfgs logistic regression at C (from `warm`'s solution if given); a
+    convergence warning becomes one logged line."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    model = warm if warm is not None else LogisticRegression(max_iter=_MAX_ITER, warm_start=True)
+    model.set_params(C=c)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(xr, y, sample_weight=sw)
+    for w in caught:  # the others as they would have been shown
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        logger.warning("head C=%g: lbfgs stopped after %d iterations before converging; the "
+                       "fit is used as it is", c, _MAX_ITER)
+    return model
+
+
+def fit_one_vs_rest(x: Any, probs: np.ndarray, weights: np.ndarray | None, c: float,
+                    warm: list[Any] | None = None) -> tuple[LinearHead, list[Any]]:
+    """One binary soft-label logistic regression per label (multi-label): row i appears as
+    "no" with weight w_i (1 − p_ij) and as "yes" with w_i p_ij, so each label's weighted log
+    loss is the binary cross-entropy to the teacher's probability. A label no row gives any
+    "yes" (or any "no") weight gets a zero coefficient and an intercept of −(or +)
+    _ABSENT_MARGIN. Returns the (k, d) head of sigmoid logits and the per-label estimators
+    (`warm` for the next C; None where no fit ran)."""
+    n, k = probs.shape
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    dim = x.shape[1]
+    coef = np.zeros((k, dim), dtype=np.float64)
+    intercept = np.zeros(k)
+    models: list[Any] = []
+    for j in range(k):
+        p = np.clip(probs[:, j], 0.0, 1.0)
+        sw = np.concatenate([w * (1.0 - p), w * p])
+        y = np.repeat([0, 1], n)
+        rows = np.tile(np.arange(n), 2)
+        keep = sw > 0
+        if not (keep & (y == 1)).any() or not (keep & (y == 0)).any():
+            intercept[j] = _ABSENT_MARGIN if (keep & (y == 1)).any() else -_ABSENT_MARGIN
+            models.append(None)
+            continue
+        xr = x[rows[keep]] if sp.issparse(x) else np.asarray(x)[rows[keep]]
+        model = _fit_lbfgs(xr, y[keep], sw[keep], c, warm[j] if warm else None)
+        coef[j] = model.coef_[0]
+        intercept[j] = model.intercept_[0]
+        models.append(model)
+    return LinearHead(coef=coef.astype(np.float32), intercept=intercept), models
+
+
 def agreement(head: LinearHead, x: Any, label_ids: np.ndarray) -> float:
     """Share of rows whose top logit is the teacher's label."""
     return float(np.mean(head.logits(x).argmax(axis=1) == label_ids))
@@ -191,7 +240,7 @@ def agreement(head: LinearHead, x: Any, label_ids: np.ndarray) -> float:
 
 def fit_head(x_train: Any, tr: TeacherTargets, x_val: Any, va: TeacherTargets,
              cfg: StudentConfig, noise: NoiseEstimate | None, *,
-             standardise: bool = False) -> HeadFit:
+             standardise: bool = False, task: str = "single_label") -> HeadFit:
     """The head for features of `tr` / `va` (rows in their order), by the student recipe.
 
     Per-row weights: `class_weights`, `confidence_weighting` and the store's `weight` column
@@ -203,6 +252,8 @@ def fit_head(x_train: Any, tr: TeacherTargets, x_val: Any, va: TeacherTargets,
     `standardise` (dense features): fit on z-scored features and fold the scaling back into
     coef and intercept, so the saved head takes the raw features.
     forward_correction is not available for this head and is skipped with a warning.
+    Multi-label `task`: `fit_one_vs_rest` per C, scored by micro-F1 of sigmoid ≥ 0.5 against
+    the teacher's label sets; no prior correction.
     """
     # Training imports (torch, transformers: train.py owns the noise plan and its record's
     # shape) are made here, so that loading a zoo student needs neither.
@@ -210,6 +261,8 @@ def fit_head(x_train: Any, tr: TeacherTargets, x_val: Any, va: TeacherTargets,
     from llmdistill.student.noise import class_factors, prior_shift
     from llmdistill.student.train import describe_noise, noise_plan
 
+    if not get_task(task).exclusive:
+        return _fit_multilabel_head(x_train, tr, x_val, va, cfg, noise, standardise)
     plan = noise_plan(cfg, noise)
     if plan["forward_correction"]:
         logger.warning("forward_correction needs a trained network's loss; the %s head is "
@@ -258,6 +311,49 @@ def fit_head(x_train: Any, tr: TeacherTargets, x_val: Any, va: TeacherTargets,
                    validation_agreement=agreements[best], seconds=seconds, noise=record)
 
 
+def _fit_multilabel_head(x_train: Any, tr: TeacherTargets, x_val: Any, va: TeacherTargets,
+                         cfg: StudentConfig, noise: NoiseEstimate | None,
+                         standardise: bool) -> HeadFit:
+    """`fit_head` for multi-label: one-vs-rest heads per C, the best micro-F1 kept."""
+    from llmdistill.student.losses import example_weights
+    from llmdistill.student.targets import micro_f1
+    from llmdistill.student.train import describe_noise, noise_plan
+
+    plan = noise_plan(cfg, noise, "multi_label")
+    weights = example_weights(tr.probs, cfg.confidence_weighting, None, tr.row_weights,
+                              exclusive=False)
+    if not (tr.probs > 0).any():
+        raise DataError("no training text has any label, by the teacher: nothing to learn; "
+                        "annotate texts that some label applies to")
+    mean = scale = None
+    if standardise:
+        x_train = np.asarray(x_train, dtype=np.float32)
+        mean = x_train.mean(axis=0, dtype=np.float64)
+        scale = x_train.std(axis=0, dtype=np.float64)
+        scale[scale < 1e-12] = 1.0
+        x_train = ((x_train - mean) / scale).astype(np.float32)
+    check_head_c(cfg)
+    order = sorted(range(len(cfg.head_c)), key=lambda i: cfg.head_c[i])
+    heads: dict[int, LinearHead] = {}
+    agreements = [0.0] * len(cfg.head_c)
+    warm = None
+    start = time.perf_counter()
+    for i in order:
+        head, warm = fit_one_vs_rest(x_train, tr.probs, weights, cfg.head_c[i], warm)
+        if standardise:
+            head = _unscaled(head, mean, scale)
+        heads[i] = head
+        agreements[i] = micro_f1(head.logits(x_val) >= 0, va.label_matrix)
+        logger.info("head C=%g: validation micro-F1 with the teacher %.4f", cfg.head_c[i],
+                    agreements[i])
+    seconds = time.perf_counter() - start
+    best = max(order, key=lambda i: agreements[i])
+    return HeadFit(head=heads[best], c=float(cfg.head_c[best]), c_index=best,
+                   agreements=agreements, validation_agreement=agreements[best],
+                   seconds=seconds, noise=describe_noise(noise, plan, cfg, weights),
+                   task="multi_label")
+
+
 def check_head_c(cfg: StudentConfig) -> None:
     """`student.head_c` must name at least one C, every one > 0."""
     if not cfg.head_c or min(cfg.head_c) <= 0:
@@ -296,21 +392,31 @@ def train_head_student(
     TrainResult: `best_epoch` is the 1-based position in `student.head_c` of the chosen C
     (these students have no epochs); `train_seconds` covers features (a model2vec distillation
     included) and every head fit; `samples_per_second` is used texts ÷ train_seconds; the
-    FLOP-bound fields stay NaN.
+    FLOP-bound fields stay NaN. Multi-label (`manifest["task"]`): `validation_agreement` is the
+    micro-F1 with the teacher's label sets, and the record keeps the per-label thresholds.
     """
-    from llmdistill.student.targets import TrainResult, prepare_targets  # imports torch
+    from llmdistill.student.targets import (  # imports torch
+        TrainResult,
+        decision_thresholds,
+        prepare_targets,
+    )
 
+    task = get_task((manifest or {}).get("task", "single_label"))
     check_head_c(cfg)  # before the data work (and a model2vec distillation)
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    tr, va, noise = prepare_targets(train, validation, labels, cfg, anchor)
+    tr, va, noise = prepare_targets(train, validation, labels, cfg, anchor, task.name)
     tr_texts = [clean_text(t) for t in tr.texts]
     va_texts = [clean_text(t) for t in va.texts]
     logger.info("training a %s student on %d texts, selecting on %d", kind, len(tr_texts),
                 len(va_texts))
     features = make_features(tr_texts)
-    fit = fit_head(features.transform(tr_texts), tr, features.transform(va_texts), va, cfg,
-                   noise, standardise=standardise)
+    x_val = features.transform(va_texts)
+    fit = fit_head(features.transform(tr_texts), tr, x_val, va, cfg, noise,
+                   standardise=standardise, task=task.name)
+    thresholds = None
+    if not task.exclusive:
+        thresholds = decision_thresholds(cfg, sigmoid(fit.head.logits(x_val)), va.label_matrix)
     seconds = time.perf_counter() - start
     result = TrainResult(
         model_dir=out_dir, used=len(tr.texts), skipped=tr.skipped,
@@ -321,11 +427,15 @@ def train_head_student(
     logger.info("%s student: C=%g, validation agreement with the teacher %.3f, %.1f s", kind,
                 fit.c, fit.validation_agreement, seconds)
     about = {**({"base_model": features.base_model} if features.base_model else {}),
-             **(manifest or {}), "features": features.info, "head": fit.selection()}
+             **{k: v for k, v in (manifest or {}).items() if k not in ("task", "thresholds")},
+             "features": features.info, "head": fit.selection()}
     record = StudentRecord.model_validate({
         **about, "llmdistill_version": __version__, "labels": labels, "kind": kind,
-        "student_config": cfg.model_dump(mode="json"), **result.to_dict()})
-    card = render_model_card(labels, record.student_config, result.to_dict(), about)
+        "student_config": cfg.model_dump(mode="json"), **result.to_dict(), "task": task.name,
+        "thresholds": thresholds})
+    record.check_decision()
+    card = render_model_card(labels, record.student_config, result.to_dict(), about,
+                             task=task.name, thresholds=thresholds)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         features.save(tmp)
         fit.head.save(tmp)
@@ -335,10 +445,12 @@ def train_head_student(
 
 
 class HeadClassifier:
-    """A loaded head student: the same attributes and methods as `StudentClassifier`."""
+    """A loaded head student: the same attributes and methods as `StudentClassifier`
+    (`task`, `thresholds`; `windowing` is always None: these kinds read texts whole)."""
 
     def __init__(self, labels: list[str], features: Features, head: LinearHead, backend: str,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, *, task: str = "single_label",
+                 thresholds: np.ndarray | None = None) -> None:
         self.labels = list(labels)
         self.features = features
         self.head = head
@@ -346,25 +458,37 @@ class HeadClassifier:
         self.parameters = int(features.parameters + head.parameters)
         self.max_length = max_length
         self.onnx_path: Path | None = None
+        self.task: str = get_task(task).name
+        self.thresholds: np.ndarray | None = thresholds
+        self.windowing = None
 
     def predict_proba(self, texts: list[str], batch_size: int = _BATCH,
                       progress: bool = False) -> np.ndarray:
-        """(n, n_labels) probabilities in input order; texts cleaned as in training."""
+        """(n, n_labels) probabilities in input order; texts cleaned as in training. Softmax
+        rows (single-label) or a sigmoid per label (multi-label)."""
+        exclusive = get_task(self.task).exclusive
         texts = [clean_text(str(t)) for t in texts]
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         bar = tqdm(total=len(texts), desc="student", unit="text", disable=not progress)
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            out[start:start + len(chunk)] = self.head.predict_proba(
-                self.features.transform(chunk))
+            x = self.features.transform(chunk)
+            out[start:start + len(chunk)] = (self.head.predict_proba(x) if exclusive
+                                             else sigmoid(self.head.logits(x)))
             bar.update(len(chunk))
         bar.close()
         return out
 
     def predict(self, texts: list[str], batch_size: int = _BATCH) -> list[str]:
-        """The most probable label of each text."""
-        probs = self.predict_proba(texts, batch_size=batch_size)
-        return [self.labels[i] for i in probs.argmax(axis=1)]
+        """Each text's canonical answer: the most probable label, or (multi-label) the labels
+        at or above their thresholds joined by `|`."""
+        return self.decide(self.predict_proba(texts, batch_size=batch_size))
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        """Canonical answers of `predict_proba`'s (n, n_labels) probabilities."""
+        if get_task(self.task).exclusive:
+            return [self.labels[i] for i in np.asarray(probs).argmax(axis=1)]
+        return get_task(self.task).decide(probs, self.labels, self.thresholds)
 
 
 def limit_threads(threads: int | None) -> None:

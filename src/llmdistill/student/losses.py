@@ -59,6 +59,36 @@ def distillation_loss(
     return per_example.mean()
 
 
+def multilabel_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    alpha: float,
+    *,
+    hard: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """alpha * BCE(sigmoid(z), p_teacher) + (1 - alpha) * BCE(sigmoid(z), hard 0/1 labels).
+
+    Multi-label: each label is its own Bernoulli, so the soft term is binary cross-entropy to
+    the teacher's probability of that label, minimised exactly at sigmoid(z) = p. No temperature:
+    softening a softmax shows the student how the teacher ranks the wrong labels, but a
+    Bernoulli has one degree of freedom and nothing to reveal, and sigmoid(z / T) against
+    sigmoid(logit(p) / T) only rescales the same target (`student.temperature` is unused here).
+    `hard` (n, k) are the teacher's labels (its probabilities at 0.5, or an anchor row's gold
+    set); None takes p ≥ 0.5. Each text's loss is the mean over its labels, so the scale does not
+    grow with the label count; `weights` weight texts as in `distillation_loss`.
+    """
+    logits = student_logits.float()
+    targets = teacher_probs.float().clamp(0.0, 1.0)
+    hard = (targets >= 0.5).float() if hard is None else hard.float()
+    soft = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
+    exact = F.binary_cross_entropy_with_logits(logits, hard, reduction="none").mean(dim=-1)
+    per_example = alpha * soft + (1.0 - alpha) * exact
+    if weights is not None:
+        per_example = per_example * weights.float()
+    return per_example.mean()
+
+
 def noisy_log_probs(logits: torch.Tensor, transition: torch.Tensor | None) -> torch.Tensor:
     """log softmax(logits), or log(softmax(logits) @ transition) under forward correction."""
     if transition is None:
@@ -69,16 +99,19 @@ def noisy_log_probs(logits: torch.Tensor, transition: torch.Tensor | None) -> to
 
 def example_weights(
     teacher_probs: np.ndarray, confidence: bool, class_factors: np.ndarray | None,
-    row_weights: np.ndarray | None = None,
+    row_weights: np.ndarray | None = None, exclusive: bool = True,
 ) -> np.ndarray | None:
     """Per-example loss weights, mean 1 over the training set, or None when all would be 1.
 
-    `confidence`: weight by the teacher's top probability (a no-op for one-hot labels);
+    `confidence`: weight by the teacher's top probability (a no-op for one-hot labels); for
+    multi-label (`exclusive=False`) by its mean confidence per label, mean of max(p, 1 − p);
     `class_factors`: one factor per class, applied by the teacher's label;
     `row_weights`: one factor per row (the store's `weight` column).
     """
     w = np.ones(len(teacher_probs)) if row_weights is None else np.array(row_weights, float)
-    if confidence:
+    if confidence and not exclusive:
+        w *= np.maximum(teacher_probs, 1.0 - teacher_probs).mean(axis=1)
+    elif confidence:
         w *= teacher_probs.max(axis=1)
     if class_factors is not None:
         w *= np.asarray(class_factors)[teacher_probs.argmax(axis=1)]

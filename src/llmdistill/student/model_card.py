@@ -10,7 +10,9 @@ from typing import Any
 
 from llmdistill.files import atomic_write
 from llmdistill.student.record import StudentRecord
+from llmdistill.student.windows import Windowing
 from llmdistill.student.zoo import TRANSFORMERS, kind_of
+from llmdistill.tasks import get_task
 
 LICENSE = "Apache-2.0"
 _HF_USE = ["```python", "from transformers import pipeline", "",
@@ -27,6 +29,14 @@ _HF_LOSS = ("Loss: `alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(
 _ZOO_LOSS = ("A logistic-regression head fitted to the teacher's soft labels (each text weighted "
              "once per label by its probability); its regularisation is chosen by agreement with "
              "the teacher on a validation split. ")
+_HF_LOSS_MULTI = ("Loss, per label: `alpha * BCE(sigmoid(z), p_teacher) + (1 - alpha) * "
+                  "BCE(sigmoid(z), teacher label)`, where p_teacher is the teacher's probability "
+                  "that the label applies and the teacher label is p_teacher ≥ 0.5. The best "
+                  "epoch is chosen by micro-F1 with the teacher's label sets on a validation "
+                  "split. ")
+_ZOO_LOSS_MULTI = ("One logistic regression per label (one-vs-rest) fitted to the teacher's "
+                   "probability that the label applies; the regularisation is chosen by micro-F1 "
+                   "with the teacher's label sets on a validation split. ")
 
 
 def render_model_card(
@@ -34,14 +44,23 @@ def render_model_card(
     settings: Mapping[str, Any],
     result: Mapping[str, Any],
     manifest: Mapping[str, Any] | None = None,
+    *,
+    task: str = "single_label",
+    thresholds: list[float] | None = None,
 ) -> str:
     """The model card as Markdown with Hugging Face front matter.
 
     `settings` are the distillation settings (the StudentConfig), `result` the TrainResult fields,
     `manifest` what the caller knows about the run: optional keys `data`, `teacher`, `metrics`
     (a dict, nested dicts allowed), `license` and `base_model`; other keys are listed as they are.
+    `task` and `thresholds` (multi-label) say how the student decides (a `task` key of the
+    manifest stands in for an unset `task`).
     """
     manifest = dict(manifest or {})
+    named = manifest.pop("task", None)
+    task = str(named) if named and task == "single_label" else task
+    thresholds = manifest.pop("thresholds", thresholds)
+    multi = not get_task(task).exclusive
     license_name = str(manifest.pop("license", LICENSE))
     base_model = manifest.pop("base_model", settings.get("model"))
     data = manifest.pop("data", None)
@@ -69,9 +88,14 @@ def render_model_card(
         "",
         f"Labels (in id order): {', '.join(f'`{lab}`' for lab in labels)}.",
         "",
+        "## Task",
+        "",
+        *_describe_task(labels, multi, thresholds, settings, hf),
+        "",
         "## Use",
         "",
         *(_HF_USE if hf else _ZOO_USE),
+        *(_MULTI_USE if multi else []),
         "",
         "## Teacher",
         "",
@@ -87,7 +111,8 @@ def render_model_card(
         "",
         "## Distillation",
         "",
-        (_HF_LOSS if hf else _ZOO_LOSS) + _gold_use(result.get("noise")),
+        ((_HF_LOSS_MULTI if multi else _HF_LOSS) if hf
+         else (_ZOO_LOSS_MULTI if multi else _ZOO_LOSS)) + _gold_use(result.get("noise")),
         "",
         "| setting | value |",
         "| --- | --- |",
@@ -120,6 +145,43 @@ def render_model_card(
     return "\n".join(lines)
 
 
+_MULTI_USE = ["", "Each score is that label's own probability (a sigmoid; scores do not sum to "
+              "1): a label applies when its score reaches its threshold (see Task)."]
+
+
+def _describe_task(labels: list[str], multi: bool, thresholds: list[float] | None,
+                   settings: Mapping[str, Any], hf: bool) -> list[str]:
+    """What the student decides, its thresholds, and how it reads long texts."""
+    if multi:
+        lines = ["Multi-label: any subset of the labels per text (a sigmoid per label)."]
+        if thresholds is not None:
+            how = ("tuned per label on validation for F1 against the teacher"
+                   if settings.get("thresholds", "tuned") == "tuned" else "fixed")
+            lines += ["", f"Thresholds ({how}):", "", "| label | threshold |", "| --- | --- |",
+                      *(f"| {_fmt(lab)} | {float(t):.4g} |"
+                        for lab, t in zip(labels, thresholds, strict=True))]
+    else:
+        lines = ["Single-label: one label per text (a softmax over the labels, the most "
+                 "probable label wins)."]
+    windowing = Windowing.from_settings(settings)
+    if not hf:
+        if windowing is not None:
+            lines += ["", "`long_text: windows` applies to transformer students only; this one "
+                          "reads each text as its features allow."]
+        return lines
+    if windowing is None:
+        lines += ["", f"Texts longer than {settings.get('max_length', '?')} tokens are "
+                      "truncated."]
+    else:
+        w = windowing
+        lines += ["", f"Texts longer than {w.max_length} tokens are read as up to "
+                      f"{w.max_windows} overlapping windows of {w.max_length} tokens whose starts "
+                      f"are {w.stride} tokens apart; the windows' logits are pooled ({w.pool}) "
+                      "before the activation. llmdistill's `StudentClassifier` (predict, serve) "
+                      "does this; a plain `transformers` pipeline truncates instead."]
+    return lines
+
+
 def _gold_use(noise: Mapping[str, Any] | None) -> str:
     """One sentence on what gold labels were used for."""
     n = (noise or {}).get("anchor_size", 0)
@@ -142,7 +204,7 @@ def update_metrics(model_dir: str | Path, metrics: Mapping[str, Any]) -> None:
     record = StudentRecord.load(model_dir)
     record.metrics = dict(metrics)
     card = render_model_card(record.labels, record.student_config, record.result,
-                             record.manifest)
+                             record.manifest, task=record.task, thresholds=record.thresholds)
     record.save(model_dir)
     atomic_write(Path(model_dir) / "README.md", card)
 

@@ -21,6 +21,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from llmdistill.errors import DataError, UsageError
+from llmdistill.tasks import get_task
 
 CLASS_WEIGHTS = ("none", "balanced", "anchor")
 
@@ -35,6 +36,7 @@ class NoiseEstimate:
     transition: np.ndarray  # (k, k) row-stochastic, add-one smoothed P(teacher j | gold i)
     gold_prior: np.ndarray  # (k,) add-one smoothed gold shares on the anchor
     teacher_agreement: float  # share of anchor rows where the teacher matched gold
+    task: str = "single_label"  # multi_label: per-label (k, 2, 2) counts, micro-F1 agreement
 
     def to_dict(self) -> dict:
         """JSON-ready, rounded for the record and the report."""
@@ -92,6 +94,43 @@ def estimate_noise(anchor: pd.DataFrame, labels: list[str],
     )
 
 
+def estimate_multilabel_noise(anchor: pd.DataFrame, labels: list[str],
+                              gold_column: str = "gold") -> NoiseEstimate:
+    """Per label, the teacher's yes/no against gold on the anchor rows (canonical label-set
+    strings in `label` and `gold`, ok rows only): counts[j] = [[no/no, no/yes], [yes/no,
+    yes/yes]] (rows gold, columns teacher), the add-one smoothed transition per label, the
+    smoothed share of anchor texts gold gives each label (these need not sum to 1), and the
+    teacher's micro-F1 against gold as its agreement. Nothing trains on these (the softmax
+    corrections are off for multi-label); they describe the teacher."""
+    task = get_task("multi_label")
+    ok = anchor[(anchor["status"].astype(str) == "ok") & anchor[gold_column].notna()]
+    if ok.empty:
+        raise DataError("the anchor has no rows with gold labels and ok teacher answers")
+    gold_sets = ok[gold_column].astype(str).tolist()
+    teacher_sets = ok["label"].fillna("").astype(str).tolist()
+    bad = sorted({lab for s in gold_sets + teacher_sets for lab in task.split(s)} - set(labels))
+    if bad:
+        raise DataError(f"anchor labels {bad} are outside the label set {labels}: fix the gold "
+                        "column")
+    gold = task.targets(gold_sets, labels).astype(int)
+    teacher = task.targets(teacher_sets, labels).astype(int)
+    k = len(labels)
+    counts = np.zeros((k, 2, 2))
+    for j in range(k):
+        np.add.at(counts[j], (gold[:, j], teacher[:, j]), 1)
+    hits = int((gold & teacher).sum())
+    both = int(gold.sum() + teacher.sum())
+    return NoiseEstimate(
+        labels=list(labels),
+        anchor_size=len(ok),
+        counts=counts,
+        transition=(counts + 1) / (counts.sum(axis=2, keepdims=True) + 2),
+        gold_prior=(gold.sum(axis=0) + 1) / (len(ok) + 2),
+        teacher_agreement=1.0 if both == 0 else 2 * hits / both,
+        task="multi_label",
+    )
+
+
 def prior_shift(gold_prior: np.ndarray, model_prior: np.ndarray) -> np.ndarray:
     """Logit shift log(gold prior) − log(model prior), centred (softmax ignores a constant)."""
     shift = np.log(np.asarray(gold_prior, float)) - np.log(np.clip(model_prior, 1e-6, None))
@@ -142,8 +181,9 @@ def fold_into_bias(model: torch.nn.Module, shift: np.ndarray) -> str:
 
 
 def with_gold_targets(frame: pd.DataFrame, anchor: pd.DataFrame, labels: list[str],
-                      gold_column: str = "gold") -> pd.DataFrame:
-    """`frame` with the anchor's rows (matched by id) trained on their gold label, one-hot.
+                      gold_column: str = "gold", task: str = "single_label") -> pd.DataFrame:
+    """`frame` with the anchor's rows (matched by id) trained on their gold label, one-hot
+    (multi-label: multi-hot of the canonical gold set).
 
     The anchor's gold is known anyway; learning from it directly, not only through the noise
     estimate, is the cheapest way past the teacher's errors on those rows.
@@ -152,6 +192,12 @@ def with_gold_targets(frame: pd.DataFrame, anchor: pd.DataFrame, labels: list[st
     gold = dict(zip(anchor["id"], anchor[gold_column], strict=True))
     rows = out["id"].isin(gold.keys())
     target = out.loc[rows, "id"].map(gold)
+    if not get_task(task).exclusive:
+        hot = get_task(task).targets(target.astype(str).tolist(), labels)
+        for j, lab in enumerate(labels):
+            out.loc[rows, f"prob_{lab}"] = hot[:, j]
+        out.loc[rows, "label"] = target.astype(str).to_numpy()
+        return out
     for lab in labels:
         out.loc[rows, f"prob_{lab}"] = (target == lab).astype(float).to_numpy()
     out.loc[rows, "label"] = target.to_numpy()

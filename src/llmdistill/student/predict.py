@@ -5,6 +5,10 @@ Two backends behind one class: PyTorch, and ONNX Runtime when `llmdistill export
 `DIR/onnx/parity.json`, together with a fingerprint of the weights it was exported from, so a
 retrained folder never runs a stale export). Either way texts are tokenized once, sorted by
 length and batched, so that little padding is computed.
+
+The folder's record says the task (`task`, `thresholds`: a softmax and the argmax, or a sigmoid
+per label and its threshold) and how long texts are read (`long_text: windows`: each text's
+windows run as ordinary texts on either backend and their logits pool per text).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from llmdistill.data import clean_text
 from llmdistill.errors import UsageError
 from llmdistill.files import atomic_path, refuse_existing
 from llmdistill.student.record import StudentRecord
+from llmdistill.student.windows import Windowing, pool_logits, split_windows
 from llmdistill.student.zoo import TRANSFORMERS, kind_module
+from llmdistill.tasks import SEP, get_task
+from llmdistill.tasks.base import sigmoid
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +46,15 @@ class StudentClassifier:
     """A loaded student: texts in, label probabilities out, on CPU unless told otherwise.
 
     `backend` says what runs: "torch", "onnx-fp32" or "onnx-int8". `load` returns the zoo's
-    own classifier for a tfidf or model2vec folder (same attributes and methods).
+    own classifier for a tfidf or model2vec folder (same attributes and methods). `task` names
+    the task type (llmdistill.tasks), `thresholds` are multi-label's per-label thresholds (None:
+    the task's default), `windowing` how texts longer than `max_length` are read (None:
+    truncated).
     """
 
-    def __init__(self, model, tokenizer, max_length: int, device: str = "cpu") -> None:
+    def __init__(self, model, tokenizer, max_length: int, device: str = "cpu", *,
+                 task: str = "single_label", thresholds: np.ndarray | None = None,
+                 windowing: Windowing | None = None) -> None:
         import torch
 
         self.model = model.eval().to(device)
@@ -54,6 +66,9 @@ class StudentClassifier:
         id2label = model.config.id2label
         self.labels: list[str] = [str(id2label[i]) for i in range(model.config.num_labels)]
         self.parameters: int = sum(p.numel() for p in model.parameters())
+        self.task: str = get_task(task).name
+        self.thresholds: np.ndarray | None = thresholds
+        self.windowing: Windowing | None = windowing
 
         def run(batch: dict[str, np.ndarray]) -> np.ndarray:
             with torch.inference_mode():
@@ -110,7 +125,10 @@ class StudentClassifier:
                 f"cannot load the student model folder {model_dir} ({e}): "
                 "give the folder that training wrote"
             ) from None
-        return cls(model, tokenizer, _max_length(model_dir, model.config, tokenizer), device)
+        max_length = _max_length(model_dir, model.config, tokenizer)
+        task, thresholds, windowing = decision_of(model_dir, model.config, max_length)
+        return cls(model, tokenizer, max_length, device, task=task, thresholds=thresholds,
+                   windowing=windowing)
 
     @classmethod
     def load_onnx(cls, model_dir: Path, onnx_path: Path, threads: int | None = None,
@@ -134,6 +152,8 @@ class StudentClassifier:
         self.backend = "onnx-int8" if onnx_path.name == INT8_FILE else "onnx-fp32"
         self.onnx_path = onnx_path
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
+        self.task, self.thresholds, self.windowing = decision_of(model_dir, config,
+                                                                 self.max_length)
         if parameters is None:
             record = json.loads((onnx_path.parent / PARITY_FILE).read_text(encoding="utf-8"))
             parameters = int(record.get("parameters", 0))
@@ -148,13 +168,34 @@ class StudentClassifier:
     def predict_proba(
         self, texts: list[str], batch_size: int = _BATCH, progress: bool = False
     ) -> np.ndarray:
-        """(n, n_labels) probabilities in input order.
+        """(n, n_labels) probabilities in input order: softmax rows (single-label) or one
+        independent sigmoid per label (multi-label; rows need not sum to 1).
 
         Texts are cleaned exactly as training and the teacher saw them (`data.clean_text`),
         sorted by token length and batched so that little padding is computed, then put back
         in the caller's order.
         """
+        logits = self.predict_logits(texts, batch_size=batch_size, progress=progress)
+        if get_task(self.task).exclusive:
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            return probs / probs.sum(axis=1, keepdims=True)
+        return sigmoid(logits)
+
+    def predict_logits(
+        self, texts: list[str], batch_size: int = _BATCH, progress: bool = False
+    ) -> np.ndarray:
+        """(n, n_labels) float64 logits in input order, of the cleaned texts; with windows, the
+        mean or max of each text's windows' logits (what the activation then reads)."""
         texts = [clean_text(str(t)) for t in texts]
+        if self.windowing is None or not texts:
+            return self._logits(texts, batch_size, progress)
+        windows, owner = split_windows(texts, self.tokenizer, self.windowing)
+        return pool_logits(self._logits(windows, batch_size, progress), owner, len(texts),
+                           self.windowing.pool)
+
+    def _logits(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """Logits of already-cleaned texts, each truncated at max_length, in input order."""
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         if not texts:
             return out
@@ -167,18 +208,19 @@ class StudentClassifier:
         for start in starts:
             idx = order[start : start + batch_size]
             batch = self._pad({k: [enc[k][i] for i in idx] for k in keys}, int(lengths[idx].max()))
-            logits = self._run(batch).astype(np.float64)
-            logits -= logits.max(axis=1, keepdims=True)
-            probs = np.exp(logits)
-            out[idx] = probs / probs.sum(axis=1, keepdims=True)
+            out[idx] = self._run(batch).astype(np.float64)
             bar.update(len(idx))
         bar.close()
         return out
 
     def predict(self, texts: list[str], batch_size: int = _BATCH) -> list[str]:
-        """The most probable label of each text."""
-        probs = self.predict_proba(texts, batch_size=batch_size)
-        return [self.labels[i] for i in probs.argmax(axis=1)]
+        """Each text's answer as a canonical string: the most probable label (single-label),
+        or the labels at or above their thresholds joined by `|` (multi-label)."""
+        return self.decide(self.predict_proba(texts, batch_size=batch_size))
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        """Canonical answers of `predict_proba`'s (n, n_labels) probabilities."""
+        return decide(probs, self.labels, self.task, self.thresholds)
 
     def _pad(self, features: dict[str, list[list[int]]], width: int) -> dict[str, np.ndarray]:
         """Pad to `width` as the tokenizer would (its pad id and side), as int64 arrays."""
@@ -195,6 +237,27 @@ class StudentClassifier:
                     arr[r, : len(ids)] = ids
             out[key] = arr
         return out
+
+
+def decide(probs: np.ndarray, labels: list[str], task: str = "single_label",
+           thresholds: np.ndarray | None = None) -> list[str]:
+    """Canonical answers: the argmax label, or (multi-label) the labels at their thresholds."""
+    if get_task(task).exclusive:
+        return [labels[i] for i in np.asarray(probs).argmax(axis=1)]
+    return get_task(task).decide(probs, labels, thresholds)
+
+
+def decision_of(model_dir: Path, config: Any,
+                max_length: int) -> tuple[str, np.ndarray | None, Windowing | None]:
+    """How a folder decides: its record's task, thresholds and windowing (capped at
+    `max_length`); a folder without a record is multi-label when its config's problem_type
+    says so, and truncates."""
+    record = StudentRecord.load_if_present(model_dir)
+    if record is None:
+        multi = getattr(config, "problem_type", None) == "multi_label_classification"
+        return ("multi_label" if multi else "single_label"), None, None
+    return (record.task, record.threshold_array,
+            Windowing.from_settings(record.student_config, max_length))
 
 
 def onnx_session(path: Path, threads: int | None = None) -> Any:
@@ -334,9 +397,22 @@ def check_output(out: Path) -> None:
 
 
 def prediction_records(ids: list[str], texts: list[str], probs: np.ndarray,
-                       labels: list[str]) -> list[dict]:
-    """One dict per text: id, text, label and each label's probability."""
+                       labels: list[str], *, task: str = "single_label",
+                       thresholds: np.ndarray | None = None) -> list[dict]:
+    """One dict per text: id, text, label and each label's probability.
+
+    Multi-label: `label` is the canonical label-set string ("a|b", "" for none) at
+    `thresholds`, and `labels` the same set as a list.
+    """
     out = []
+    if not get_task(task).exclusive:
+        chosen = get_task(task).decide_matrix(np.asarray(probs), thresholds) if len(ids) else []
+        for i, text, p, row in zip(ids, texts, probs, chosen, strict=True):
+            picked = [lab for lab, c in zip(labels, row, strict=True) if c]
+            out.append({"id": i, "text": text, "label": SEP.join(picked), "labels": picked,
+                        "probs": {lab: round(float(x), 6)
+                                  for lab, x in zip(labels, p, strict=True)}})
+        return out
     for i, text, p in zip(ids, texts, probs, strict=True):
         out.append({"id": i, "text": text, "label": labels[int(p.argmax())],
                     "probs": {lab: round(float(x), 6) for lab, x in zip(labels, p, strict=True)}})

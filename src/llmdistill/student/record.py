@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmdistill.errors import UsageError
 from llmdistill.files import atomic_write
+from llmdistill.tasks import TASKS
 
 MANIFEST_FILE = "llmdistill.json"
 
@@ -45,6 +46,10 @@ class StudentRecord(BaseModel):
     peak_gflops: float | None = None
     tokens_per_text: float | None = None
     noise: dict[str, Any] | None = None
+    task: str = Field("single_label", description="the task type it decides (llmdistill.tasks); "
+                                                  "older records are single-label")
+    thresholds: list[float] | None = Field(None, description="multi_label: one decision "
+                                                             "threshold per label, in [0, 1]")
     metrics: dict[str, Any] | None = Field(None, description="test metrics, after evaluation")
 
     @classmethod
@@ -60,18 +65,38 @@ class StudentRecord(BaseModel):
         """Read a trained folder's record; a one-line UsageError if it is missing or broken."""
         path = cls.path(model_dir)
         try:
-            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+            record = cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError:
             raise UsageError(f"{model_dir} has no {MANIFEST_FILE}: give a folder that "
                              "`llmdistill train` wrote") from None
         except (OSError, ValueError, ValidationError) as e:
             raise UsageError(f"{path} is unreadable ({type(e).__name__}): retrain the student "
                              "or restore the file") from None
+        record.check_decision(path)
+        return record
 
     @classmethod
     def load_if_present(cls, model_dir: str | Path) -> StudentRecord | None:
         """The record, or None for a plain HF folder that llmdistill did not train."""
         return cls.load(model_dir) if cls.exists(model_dir) else None
+
+    def check_decision(self, where: str | Path = MANIFEST_FILE) -> None:
+        """A known task and, if any, one threshold in [0, 1] per label; else a one-line
+        UsageError naming the file and the fix."""
+        if self.task not in TASKS:
+            raise UsageError(f"{where} names the unknown task {self.task!r} (known: "
+                             f"{', '.join(TASKS)}): fix the file or retrain the student")
+        t = self.thresholds
+        if t is None:
+            return
+        if len(t) != len(self.labels) or not all(0.0 <= float(x) <= 1.0 for x in t):
+            raise UsageError(f"{where} has thresholds {list(t)} for {len(self.labels)} labels: "
+                             "give one value in [0, 1] per label, or retrain the student")
+
+    @property
+    def threshold_array(self) -> np.ndarray | None:
+        """The thresholds as an array (None: the task's default decision)."""
+        return None if self.thresholds is None else np.asarray(self.thresholds, dtype=float)
 
     def save(self, model_dir: str | Path) -> Path:
         """Write (atomically) as indented JSON."""
@@ -93,13 +118,14 @@ class StudentRecord(BaseModel):
     @property
     def manifest(self) -> dict[str, Any]:
         """What the caller recorded about the run (teacher, data, metrics, base_model, ...)."""
-        own = set(RESULT_FIELDS) | {"llmdistill_version", "labels", "kind", "student_config"}
+        own = set(RESULT_FIELDS) | {"llmdistill_version", "labels", "kind", "student_config",
+                                    "task", "thresholds"}
         return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in own}
 
     def summary(self) -> dict[str, Any]:
         """The settings and training outcome that evaluation manifests repeat."""
         keys = ("base_model", "student_config", "used", "skipped", "best_epoch",
-                "validation_agreement", "samples_per_second")
+                "validation_agreement", "samples_per_second", "task", "thresholds")
         dumped = self.model_dump(exclude_none=True)
         return {k: dumped[k] for k in keys if k in dumped}
 

@@ -235,7 +235,8 @@ def load(model_dir: str | Path, threads: int | None = None) -> HeadClassifier:
                               if record.model_extra else {})
     head = LinearHead.load(model_dir, record.labels, dim=features.dim)
     return HeadClassifier(record.labels, features, head, BACKEND,
-                          max_length=features.model.max_length)
+                          max_length=features.model.max_length, task=record.task,
+                          thresholds=record.threshold_array)
 
 
 def _version(package: str) -> str | None:

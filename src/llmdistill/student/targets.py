@@ -16,7 +16,15 @@ import pandas as pd
 from llmdistill.annotate import FEATURES_COLUMN
 from llmdistill.config import StudentConfig
 from llmdistill.errors import DataError
-from llmdistill.student.noise import NoiseEstimate, estimate_noise, sample_anchor, with_gold_targets
+from llmdistill.student.noise import (
+    NoiseEstimate,
+    estimate_multilabel_noise,
+    estimate_noise,
+    sample_anchor,
+    with_gold_targets,
+)
+from llmdistill.tasks import get_task
+from llmdistill.tasks.multi_label import tune_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +57,21 @@ class TrainResult:
 
 @dataclass
 class TeacherTargets:
-    """The usable (status == "ok") rows of one split: texts, teacher probabilities, labels."""
+    """The usable (status == "ok") rows of one split: texts, teacher probabilities, labels.
+
+    Single-label: `probs` rows sum to 1 and `label_ids` is the teacher's label. Multi-label:
+    `probs[i, j]` is the teacher's independent probability that label j applies, `label_matrix`
+    the teacher's label set (its `label` column, 0/1), and `label_ids` only the most probable
+    label (bookkeeping; nothing multi-label decides by it).
+    """
 
     texts: list[str]
-    probs: np.ndarray  # (n, n_labels), rows sum to 1
+    probs: np.ndarray  # (n, n_labels), rows sum to 1 (single_label) or each in [0, 1]
     label_ids: np.ndarray  # (n,), the teacher's label as an index into the label set
     skipped: int
     row_weights: np.ndarray | None = None  # (n,) from a `weight` column (pseudo-labels, flags)
     features: np.ndarray | None = None  # (n, d) teacher hidden states (feature distillation)
+    label_matrix: np.ndarray | None = None  # (n, n_labels) 0/1: multi_label's teacher label set
 
 
 def prob_columns(labels: list[str]) -> list[str]:
@@ -64,8 +79,11 @@ def prob_columns(labels: list[str]) -> list[str]:
     return [f"{PROB_PREFIX}{lab}" for lab in labels]
 
 
-def teacher_targets(frame: pd.DataFrame, labels: list[str], split: str) -> TeacherTargets:
+def teacher_targets(frame: pd.DataFrame, labels: list[str], split: str,
+                    task: str = "single_label") -> TeacherTargets:
     """Pick the ok rows of an annotation frame and check their teacher probabilities."""
+    if not get_task(task).exclusive:
+        return _multilabel_targets(frame, labels, split)
     cols = prob_columns(labels)
     missing = [c for c in ["text", "status", "label", *cols] if c not in frame.columns]
     if missing:
@@ -96,6 +114,58 @@ def teacher_targets(frame: pd.DataFrame, labels: list[str], split: str) -> Teach
     )
 
 
+def _multilabel_targets(frame: pd.DataFrame, labels: list[str], split: str) -> TeacherTargets:
+    """`teacher_targets` for multi-label stores: per-label probabilities in [0, 1] (not
+    renormalised) and `label` as a canonical label-set string ("" for none)."""
+    task = get_task("multi_label")
+    cols = prob_columns(labels)
+    missing = [c for c in ["text", "status", "label", *cols] if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{split} annotations lack column(s) {', '.join(missing)}: annotate with the label "
+            f"set {labels} first"
+        )
+    ok = frame[frame["status"].astype(str) == "ok"]
+    probs = ok[cols].to_numpy(dtype=np.float64, na_value=np.nan).reshape(len(ok), len(labels))
+    bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs > 1).any(axis=1)
+    if bad.any():
+        first = ok["id"].iloc[int(np.argmax(bad))] if "id" in ok.columns else ok.index[bad][0]
+        raise DataError(
+            f"{int(bad.sum())} ok rows of {split} have missing or out-of-[0, 1] teacher "
+            f"probabilities (first: id {first}): re-annotate them or mark their status as failed"
+        )
+    sets = ok["label"].fillna("").astype(str).tolist()
+    unknown = sorted({lab for s in sets for lab in task.split(s)} - set(labels))
+    if unknown:
+        raise DataError(f"{split} has teacher labels {unknown} outside the label set {labels}")
+    return TeacherTargets(
+        texts=ok["text"].fillna("").astype(str).tolist(),
+        probs=probs,
+        label_ids=probs.argmax(axis=1).astype(np.int64) if len(ok) else np.zeros(0, np.int64),
+        skipped=len(frame) - len(ok),
+        row_weights=_row_weights(ok, split),
+        label_matrix=task.targets(sets, labels),
+    )
+
+
+def micro_f1(chosen: np.ndarray, reference: np.ndarray) -> float:
+    """Micro-averaged F1 of an (n, k) 0/1 decision matrix against a reference one: how
+    multi-label agreement with the teacher is measured (1.0 when both choose nothing)."""
+    chosen = np.asarray(chosen) > 0.5
+    ref = np.asarray(reference) > 0.5
+    denominator = int(chosen.sum() + ref.sum())
+    return 1.0 if denominator == 0 else float(2 * (chosen & ref).sum() / denominator)
+
+
+def decision_thresholds(cfg: StudentConfig, probs: np.ndarray,
+                        reference: np.ndarray) -> list[float]:
+    """Multi-label thresholds: tuned per label for F1 against the teacher's validation labels
+    (`cfg.thresholds == "tuned"`), else `cfg.threshold` for every label."""
+    if cfg.thresholds == "fixed":
+        return [float(cfg.threshold)] * int(np.asarray(probs).shape[1])
+    return [float(t) for t in tune_thresholds(probs, reference)]
+
+
 def _row_weights(ok: pd.DataFrame, split: str) -> np.ndarray | None:
     """The optional `weight` column (confident learning's down-weighting, self-training's
     pseudo-labels): one finite weight ≥ 0 per row; a missing value means 1."""
@@ -108,13 +178,13 @@ def _row_weights(ok: pd.DataFrame, split: str) -> np.ndarray | None:
     return w
 
 
-def usable_splits(train: pd.DataFrame, validation: pd.DataFrame,
-                   labels: list[str]) -> tuple[TeacherTargets, TeacherTargets]:
+def usable_splits(train: pd.DataFrame, validation: pd.DataFrame, labels: list[str],
+                  task: str = "single_label") -> tuple[TeacherTargets, TeacherTargets]:
     """The ok rows of each split, checked; a split with none is an error."""
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise DataError(f"the label set {labels} needs at least two distinct labels")
-    tr = teacher_targets(train, labels, "train")
-    va = teacher_targets(validation, labels, "validation")
+    tr = teacher_targets(train, labels, "train", task)
+    va = teacher_targets(validation, labels, "validation", task)
     for name, t in (("train", tr), ("validation", va)):
         if t.skipped:
             logger.warning("%s: skipped %d rows the teacher did not annotate (status != ok)",
@@ -140,16 +210,18 @@ def anchor_rows(anchor: pd.DataFrame | None, validation: pd.DataFrame,
 
 
 def prepare_targets(train: pd.DataFrame, validation: pd.DataFrame, labels: list[str],
-                    cfg: StudentConfig, anchor: pd.DataFrame | None
+                    cfg: StudentConfig, anchor: pd.DataFrame | None, task: str = "single_label"
                     ) -> tuple[TeacherTargets, TeacherTargets, NoiseEstimate | None]:
     """The recipe every student kind trains on: the sampled anchor's noise estimate, the anchor
-    rows on their gold label (`anchor_targets: gold`), the ok rows of each split, and the
-    teacher's rationales as extra training texts (`rationale_weight`)."""
+    rows on their gold label (`anchor_targets: gold`; multi-hot for multi-label), the ok rows of
+    each split, and the teacher's rationales as extra training texts (`rationale_weight`)."""
+    exclusive = get_task(task).exclusive
     rows = anchor_rows(anchor, validation, cfg)
-    noise = estimate_noise(rows, labels) if rows is not None else None
+    estimate = estimate_noise if exclusive else estimate_multilabel_noise
+    noise = estimate(rows, labels) if rows is not None else None
     if cfg.anchor_targets == "gold" and rows is not None:
-        train = with_gold_targets(train, rows, labels)
-    tr, va = usable_splits(train, validation, labels)
+        train = with_gold_targets(train, rows, labels, task=task)
+    tr, va = usable_splits(train, validation, labels, task)
     if cfg.feature_loss.weight > 0:
         tr.features = teacher_features(train)
     if cfg.rationale_weight > 0:
@@ -182,6 +254,8 @@ def with_rationales(tr: TeacherTargets, train: pd.DataFrame, labels: list[str],
         row_weights=np.concatenate([base, np.full(len(keep), weight)]),
         features=None if tr.features is None else np.concatenate([tr.features,
                                                                   tr.features[keep]]),
+        label_matrix=None if tr.label_matrix is None else np.concatenate(
+            [tr.label_matrix, tr.label_matrix[keep]]),
     )
 
 

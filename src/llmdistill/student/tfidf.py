@@ -159,4 +159,5 @@ def load(model_dir: str | Path, threads: int | None = None) -> HeadClassifier:
     limit_threads(threads)
     features = TfidfFeatures.load(model_dir)
     head = LinearHead.load(model_dir, record.labels, dim=sum(features.dims))
-    return HeadClassifier(record.labels, features, head, BACKEND, max_length=None)
+    return HeadClassifier(record.labels, features, head, BACKEND, max_length=None,
+                          task=record.task, thresholds=record.threshold_array)

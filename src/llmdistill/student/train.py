@@ -10,6 +10,13 @@ atomically by the main process only, so the same code runs under torchrun/accele
 Batches are length-grouped (texts of similar length together, so dynamic padding pads little),
 in an order that depends only on the seed and the epoch: a DDP run with the same global batch
 sees the same batches as a single process.
+
+The task comes from the store's manifest (`manifest["task"]`, absent: single-label). A
+multi-label student is the same folder with `problem_type="multi_label_classification"` (so a
+`transformers` pipeline applies a sigmoid per label), trained by
+`losses.multilabel_distillation_loss`, its epoch chosen by micro-F1 with the teacher's label
+sets, and per-label thresholds (`student.thresholds`) saved in its record. With `student.long_text:
+windows`, long texts train and validate as windows (`student/windows.py`).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from llmdistill.student.losses import (
     example_weights,
     feature_loss,
     mean_pool,
+    multilabel_distillation_loss,
     noisy_log_probs,
 )
 from llmdistill.student.model_card import render_model_card
@@ -63,9 +71,14 @@ from llmdistill.student.record import StudentRecord
 from llmdistill.student.targets import (
     TeacherTargets,
     TrainResult,
+    decision_thresholds,
+    micro_f1,
     prepare_targets,
 )
+from llmdistill.student.windows import Windowing, pool_logits, split_windows, windowed_targets
 from llmdistill.student.zoo import TRANSFORMERS, kind_module, kind_of
+from llmdistill.tasks import Task, get_task
+from llmdistill.tasks.base import sigmoid
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +86,19 @@ METRIC = "agreement"
 
 
 class _Examples(torch.utils.data.Dataset):
-    """Tokenized texts with their teacher label, probabilities and loss weight; fresh dicts."""
+    """Tokenized texts with their teacher label, probabilities and loss weight; fresh dicts.
+
+    Multi-label: `labels` is the teacher's 0/1 label set. With windows, `text_index` says which
+    text each window belongs to (validation pools by it).
+    """
 
     def __init__(self, encodings: dict[str, list], targets: TeacherTargets,
-                 weights: np.ndarray | None = None) -> None:
+                 weights: np.ndarray | None = None, text_index: np.ndarray | None = None
+                 ) -> None:
         self.encodings = encodings
         self.targets = targets
         self.weights = weights
+        self.text_index = text_index
         self.lengths = [len(ids) for ids in encodings["input_ids"]]
 
     def __len__(self) -> int:
@@ -87,7 +106,12 @@ class _Examples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {k: v[i] for k, v in self.encodings.items()}
-        item["labels"] = int(self.targets.label_ids[i])
+        if self.targets.label_matrix is not None:
+            item["labels"] = self.targets.label_matrix[i].astype(np.float32).tolist()
+        else:
+            item["labels"] = int(self.targets.label_ids[i])
+        if self.text_index is not None:
+            item["text_index"] = int(self.text_index[i])
         item["teacher_probs"] = self.targets.probs[i].tolist()
         if self.targets.features is not None:
             item["teacher_features"] = self.targets.features[i]
@@ -162,13 +186,15 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args: Any, alpha: float, temperature: float, label_smoothing: float = 0.0,
                  transition: torch.Tensor | None = None,
-                 feature: FeatureLossConfig | None = None, **kwargs: Any) -> None:
+                 feature: FeatureLossConfig | None = None, multi_label: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.feature = feature
         self.alpha = alpha
         self.temperature = temperature
         self.label_smoothing = label_smoothing
         self.transition = transition
+        self.multi_label = multi_label
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -187,11 +213,18 @@ class DistillationTrainer(Trainer):
         teacher = inputs.pop("teacher_probs")
         weights = inputs.pop("weights", None)
         hidden = inputs.pop("teacher_features", None)
-        inputs.pop("labels", None)  # the hard target is argmax(teacher); the model needs no loss
+        inputs.pop("text_index", None)
+        # the hard target is argmax(teacher) (multi-label: the teacher's label set, `labels`);
+        # the model itself computes no loss
+        labels = inputs.pop("labels", None)
         outputs = model(**inputs, output_hidden_states=hidden is not None)
-        loss = distillation_loss(outputs.logits, teacher, self.alpha, self.temperature,
-                                 label_smoothing=self.label_smoothing, weights=weights,
-                                 transition=self.transition)
+        if self.multi_label:
+            loss = multilabel_distillation_loss(outputs.logits, teacher, self.alpha,
+                                                hard=labels, weights=weights)
+        else:
+            loss = distillation_loss(outputs.logits, teacher, self.alpha, self.temperature,
+                                     label_smoothing=self.label_smoothing, weights=weights,
+                                     transition=self.transition)
         if hidden is not None and self.feature is not None:
             pooled = mean_pool(outputs.hidden_states[-1], inputs["attention_mask"])
             projected = self.accelerator.unwrap_model(model).feature_projection(pooled)
@@ -214,6 +247,26 @@ def agreement(pred: EvalPrediction, transition: np.ndarray | None = None) -> dic
     return {METRIC: float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
+def micro_f1_agreement(pred: EvalPrediction) -> dict[str, float]:
+    """Multi-label agreement: micro-F1 of the student's label sets (sigmoid ≥ 0.5, i.e. logit ≥
+    0) against the teacher's on validation, under the same key as `agreement` (the Trainer
+    selects the epoch by it; thresholds are tuned afterwards)."""
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    labels = pred.label_ids[0] if isinstance(pred.label_ids, tuple) else pred.label_ids
+    return {METRIC: micro_f1(np.asarray(logits) >= 0, np.asarray(labels))}
+
+
+def text_level(pred: EvalPrediction, pool: str) -> EvalPrediction:
+    """Window predictions (label_ids = (labels, text_index)) as one row per text: logits pooled
+    as prediction pools them, each text's labels once."""
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    labels, owner = pred.label_ids
+    texts, first, inverse = np.unique(np.asarray(owner), return_index=True, return_inverse=True)
+    pooled = pool_logits(np.asarray(logits), inverse.reshape(-1), len(texts), pool)
+    return EvalPrediction(predictions=pooled.astype(np.float32),
+                          label_ids=np.asarray(labels)[first])
+
+
 def _drop_gguf_marker(model: PreTrainedModel) -> None:
     """Forget that the weights came from GGUF: transformers dequantizes them to fp32 on load but
     keeps a GGUF quantizer on the model, and Trainer refuses to train a "quantized" model; a
@@ -225,13 +278,14 @@ def _drop_gguf_marker(model: PreTrainedModel) -> None:
 
 
 def load_student(
-    name: str, labels: list[str], lora: LoraConfig | None = None
+    name: str, labels: list[str], lora: LoraConfig | None = None, task: str = "single_label"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The student with a fresh classification head for `labels`, and its tokenizer.
 
     An encoder, or a decoder LM (a GGUF file, e.g. the embedded smollm2-135m) whose last token
     feeds the head; a tokenizer without a padding token pads with its end-of-text token. With
-    `lora`, only LoRA adapters and the head train (peft).
+    `lora`, only LoRA adapters and the head train (peft). A multi-label `task` sets the config's
+    problem_type to multi_label_classification (a sigmoid per label in HF pipelines).
     """
     path, gguf_file = student_source(name)
     id2label = dict(enumerate(labels))
@@ -245,7 +299,8 @@ def load_student(
             num_labels=len(labels),
             id2label=id2label,
             label2id={lab: i for i, lab in id2label.items()},
-            problem_type="single_label_classification",
+            problem_type=("single_label_classification" if get_task(task).exclusive
+                          else "multi_label_classification"),
             ignore_mismatched_sizes=True,
             dtype=torch.float32,
             **extra,
@@ -321,7 +376,9 @@ def train_student(
     which `cfg.anchor_size` are sampled to estimate the teacher's noise; needed by
     prior_correction, forward_correction and class_weights="anchor", which are skipped (with a
     warning) without it. `cfg.batch_size` is per device: under DDP the global batch is
-    batch_size × processes.
+    batch_size × processes. `manifest["task"] == "multi_label"`: `prob_<label>` are independent
+    per-label probabilities and `label` the canonical label set (see the module docstring);
+    `validation_agreement` is then the micro-F1 with the teacher's label sets.
     Raises UsageError if `out_dir` exists (unless `overwrite`: then the new folder replaces it
     in one rename, after training), DataError if a split has no usable rows.
     """
@@ -331,11 +388,12 @@ def train_student(
     if (kind := kind_of(cfg.model)) != TRANSFORMERS:
         return kind_module(kind).train(train, validation, labels, cfg, out_dir, manifest,
                                        anchor=anchor, overwrite=overwrite)
-    tr, va, noise = prepare_targets(train, validation, labels, cfg, anchor)
-    plan = noise_plan(cfg, noise)
+    task = get_task((manifest or {}).get("task", "single_label"))
+    tr, va, noise = prepare_targets(train, validation, labels, cfg, anchor, task.name)
+    plan = noise_plan(cfg, noise, task.name)
     weights = example_weights(tr.probs, cfg.confidence_weighting,
                               class_factors(plan["class_weights"], tr.label_ids, len(labels),
-                                            noise), tr.row_weights)
+                                            noise), tr.row_weights, exclusive=task.exclusive)
     transition = (torch.tensor(noise.transition, dtype=torch.float32)
                   if plan["forward_correction"] and noise is not None else None)
     logger.info("training %s on %d texts, selecting on %d", cfg.model, len(tr.texts), len(va.texts))
@@ -343,7 +401,7 @@ def train_student(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
-    model, tokenizer = load_student(cfg.model, labels, cfg.lora)
+    model, tokenizer = load_student(cfg.model, labels, cfg.lora, task.name)
     if tr.features is not None:
         # trained with the student, dropped before saving (it maps onto the teacher's space)
         model.feature_projection = torch.nn.Linear(model.config.hidden_size,
@@ -352,8 +410,18 @@ def train_student(
         logger.warning("%s's classification head has no bias: prior correction skipped",
                        cfg.model)
         plan["prior_correction"] = False
-    trainer = _trainer(model, tokenizer, tr, va, weights, transition, cfg,
-                       ckpt_dir=out_dir.parent / f".{out_dir.name}.checkpoints")
+    windowing = Windowing.of(cfg)
+    tr_ex, va_ex, ex_weights, va_owner = tr, va, weights, None
+    if windowing is not None:
+        tr_windows, tr_owner = split_windows(tr.texts, tokenizer, windowing)
+        tr_ex, ex_weights = windowed_targets(tr, tr_windows, tr_owner, weights)
+        va_windows, va_owner = split_windows(va.texts, tokenizer, windowing)
+        va_ex, _ = windowed_targets(va, va_windows, va_owner, None)
+        logger.info("long texts as windows: %d training texts give %d windows, %d validation "
+                    "texts %d", len(tr.texts), len(tr_windows), len(va.texts), len(va_windows))
+    trainer = _trainer(model, tokenizer, tr_ex, va_ex, ex_weights, transition, cfg,
+                       ckpt_dir=out_dir.parent / f".{out_dir.name}.checkpoints", task=task,
+                       va_owner=va_owner)
     peak = measure_peak_gflops() * max(1, trainer.args.world_size)
     try:
         start = time.perf_counter()
@@ -364,12 +432,18 @@ def train_student(
         if hasattr(unwrapped, "feature_projection"):
             del unwrapped.feature_projection
         unwrapped = merged(unwrapped)
-        record_noise = describe_noise(noise, plan, cfg, weights)
-        if plan["prior_correction"] and noise is not None:
-            record_noise.update(_correct_prior(trainer, unwrapped, noise))
+        record_noise = describe_noise(noise, plan, cfg, ex_weights)
+        thresholds = None
+        if (plan["prior_correction"] and noise is not None) or not task.exclusive:
+            val_logits, val_labels = validation_logits(trainer, windowing)
+            if plan["prior_correction"] and noise is not None:
+                record_noise.update(_correct_prior(val_logits, unwrapped, noise))
+            if not task.exclusive:
+                thresholds = decision_thresholds(cfg, sigmoid(val_logits), val_labels)
         result = _result(trainer, unwrapped, out_dir, tr, seconds, peak, record_noise)
         if trainer.is_world_process_zero():
-            _save(unwrapped, tokenizer, out_dir, labels, cfg, result, manifest, overwrite)
+            _save(unwrapped, tokenizer, out_dir, labels, cfg, result, manifest, overwrite,
+                  task=task.name, thresholds=thresholds)
         trainer.accelerator.wait_for_everyone()
     finally:
         if trainer.args.process_index == 0:
@@ -379,8 +453,12 @@ def train_student(
 
 def _trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tr: TeacherTargets,
              va: TeacherTargets, weights: np.ndarray | None, transition: torch.Tensor | None,
-             cfg: StudentConfig, ckpt_dir: Path) -> DistillationTrainer:
-    """The HF Trainer: epochs evaluated on agreement with the teacher, the best one kept."""
+             cfg: StudentConfig, ckpt_dir: Path, task: Task | None = None,
+             va_owner: np.ndarray | None = None) -> DistillationTrainer:
+    """The HF Trainer: epochs evaluated on agreement with the teacher (multi-label: micro-F1),
+    the best one kept. `va_owner` (windows): the text of each validation window, whose logits
+    are pooled per text before the metric."""
+    task = task or get_task("single_label")
 
     def encode(texts: list[str]) -> dict[str, list]:
         return dict(tokenizer(texts, truncation=True, max_length=cfg.max_length))
@@ -413,33 +491,53 @@ def _trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tr: Tea
         # without this, accelerate treats torchrun on a CPU-only machine as one process per rank
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
+        label_names=None if va_owner is None else ["labels", "text_index"],
     )
     with args.main_process_first(desc="clear stale checkpoints"):
         if args.process_index == 0:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     t_np = None if transition is None else transition.numpy()
+    pool = cfg.window_pool
+
+    def metrics(pred: EvalPrediction) -> dict[str, float]:
+        if va_owner is not None:
+            pred = text_level(pred, pool)
+        return agreement(pred, t_np) if task.exclusive else micro_f1_agreement(pred)
+
     return DistillationTrainer(
         model=model,
         args=args,
         train_dataset=_Examples(encode(tr.texts), tr, weights),
-        eval_dataset=_Examples(encode(va.texts), va),
+        eval_dataset=_Examples(encode(va.texts), va, text_index=va_owner),
         data_collator=DistillationCollator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=lambda pred: agreement(pred, t_np),
+        compute_metrics=metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)],
         alpha=cfg.alpha,
         temperature=cfg.temperature,
         label_smoothing=cfg.label_smoothing,
         transition=transition,
         feature=cfg.feature_loss if tr.features is not None else None,
+        multi_label=not task.exclusive,
     )
 
 
-def _correct_prior(trainer: Trainer, model: PreTrainedModel,
+def validation_logits(trainer: Trainer,
+                      windowing: Windowing | None) -> tuple[np.ndarray, np.ndarray]:
+    """The kept model's validation logits, one row per text (windows pooled), and the
+    teacher's labels of the same rows (the eval order is length-grouped, not the split's)."""
+    out = trainer.predict(trainer.eval_dataset)
+    pred = EvalPrediction(predictions=out.predictions, label_ids=out.label_ids)
+    if windowing is not None:
+        pred = text_level(pred, windowing.pool)
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    labels = pred.label_ids[0] if isinstance(pred.label_ids, tuple) else pred.label_ids
+    return np.asarray(logits), np.asarray(labels)
+
+
+def _correct_prior(logits: np.ndarray, model: PreTrainedModel,
                    noise: NoiseEstimate) -> dict[str, Any]:
     """Shift the logits by log gold prior − log the student's validation prior, in the bias."""
-    logits = trainer.predict(trainer.eval_dataset).predictions
-    logits = logits[0] if isinstance(logits, tuple) else logits
     model_prior = torch.softmax(torch.as_tensor(logits).float(), -1).mean(0).numpy()
     shift = prior_shift(noise.gold_prior, model_prior)
     return {"prior_shift": np.round(shift, 4).tolist(),
@@ -477,27 +575,56 @@ def _result(trainer: Trainer, model: PreTrainedModel, out_dir: Path, tr: Teacher
 
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
           labels: list[str], cfg: StudentConfig, result: TrainResult,
-          manifest: dict | None, overwrite: bool) -> None:
+          manifest: dict | None, overwrite: bool, task: str = "single_label",
+          thresholds: list[float] | None = None) -> None:
     """The model folder with its model card and record (main process only)."""
     embedded = ASSETS.get(cfg.model)
     base = embedded.description if embedded and embedded.kind == "student" else cfg.model
     manifest = {"base_model": base, **(manifest or {})}
     record = StudentRecord.model_validate({
         **manifest, "llmdistill_version": __version__, "labels": labels,
-        "student_config": cfg.model_dump(mode="json"), **result.to_dict()})
-    card = render_model_card(labels, record.student_config, result.to_dict(), manifest)
+        "student_config": cfg.model_dump(mode="json"), **result.to_dict(), "task": task,
+        "thresholds": thresholds})
+    record.check_decision()
+    about = {k: v for k, v in manifest.items() if k not in ("task", "thresholds")}
+    card = render_model_card(labels, record.student_config, result.to_dict(), about,
+                             task=task, thresholds=thresholds)
     write_model_folder(model, tokenizer, out_dir, card, record, overwrite)
 
 
 ANCHOR_OPTIONS = ("prior_correction", "forward_correction")
+# what each option assumes that a multi-label student (a sigmoid per label) does not have
+SOFTMAX_ONLY = {
+    "prior_correction": "shifts a softmax's class prior",
+    "forward_correction": "passes a softmax through the teacher's confusion",
+    "class_weights": "weights each text by its one label",
+    "label_smoothing": "mixes one distribution over the labels with uniform",
+}
 
 
-def noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None) -> dict[str, Any]:
-    """Which anchor-based options can run; the others are switched off with a warning."""
+def noise_plan(cfg: StudentConfig, noise: NoiseEstimate | None,
+               task: str = "single_label") -> dict[str, Any]:
+    """Which anchor-based options can run; the others are switched off with a warning.
+
+    Multi-label: the options of `SOFTMAX_ONLY` are switched off, one logged line each that is
+    on (a warning where it differs from the default, else info); `label_smoothing` is then in
+    the plan too.
+    """
     plan = {k: bool(getattr(cfg, k)) for k in ANCHOR_OPTIONS}
     plan["class_weights"] = cfg.class_weights
+    if not get_task(task).exclusive:
+        defaults = StudentConfig()
+        for name, why in SOFTMAX_ONLY.items():
+            value = getattr(cfg, name)
+            if value in (False, "none", 0.0):
+                continue
+            log = logger.info if value == getattr(defaults, name) else logger.warning
+            log("multi_label: %s=%s %s, which assumes one label per text: skipped", name,
+                value, why)
+        plan.update(prior_correction=False, forward_correction=False, class_weights="none",
+                    label_smoothing=0.0)
     wanted = [k for k in ANCHOR_OPTIONS if plan[k]]
-    if cfg.class_weights == "anchor":
+    if plan["class_weights"] == "anchor":
         wanted.append("class_weights=anchor")
     if noise is None and wanted:
         logger.warning("no anchor set (gold-labelled training rows) was given: %s skipped",
@@ -515,12 +642,14 @@ def describe_noise(noise: NoiseEstimate | None, plan: dict, cfg: StudentConfig,
         "anchor_size": noise.anchor_size if noise else 0,
         "anchor_targets": cfg.anchor_targets if noise else "teacher",
         **plan,
-        "label_smoothing": cfg.label_smoothing,
+        "label_smoothing": plan.get("label_smoothing", cfg.label_smoothing),
         "confidence_weighting": cfg.confidence_weighting,
         "weights_vary": weights is not None,
     }
     if noise is not None:
         out["teacher_agreement_on_anchor"] = round(noise.teacher_agreement, 4)
+        if noise.task != "single_label":
+            out["teacher_agreement_metric"] = "micro_f1"
         out["anchor_gold_prior"] = noise.to_dict()["gold_prior"]
         out["teacher_confusion_counts"] = noise.to_dict()["counts"]
     return out
