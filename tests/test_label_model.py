@@ -342,3 +342,107 @@ def test_auto_method_follows_the_benchmarks_choice_by_teacher_count_and_anchor()
     assert resolve_method(auto, 3, False).method == "mean"
     explicit = LabelModelConfig(method="dawid_skene")
     assert resolve_method(explicit, 1, True) is explicit
+
+
+# ---------------------------------------------------------------- multi-label
+
+
+ML_K = 4
+ML_LABELS = ["billing", "bug", "praise", "shipping"]
+
+
+def _multi(seed: int, n: int = 600, teachers: int = 2, sharpen: float = 1.0, fail: float = 0.1):
+    """Gold label sets (each label on with its own rate) and soft teachers that are right about
+    each label independently; `sharpen` > 1 makes them over-confident."""
+    rng = np.random.default_rng(seed)
+    gold = (rng.random((n, ML_K)) < np.array([0.3, 0.4, 0.2, 0.5])).astype(float)
+    out = []
+    for _ in range(teachers):
+        z = sharpen * (2.0 * (2 * gold - 1) + rng.normal(scale=1.5, size=gold.shape))
+        p = 1 / (1 + np.exp(-z))
+        p[rng.random(n) < fail] = np.nan
+        out.append(p)
+    return gold, out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_multi_label_mean_and_first_work_per_label(seed):
+    gold, probs = _multi(seed)
+    none = LabelModelConfig(method="mean", calibration="none")
+    mean = aggregate(probs, ML_LABELS, none, task="multi_label")
+    answered = [~np.isnan(p).all(axis=1) for p in probs]
+    both = answered[0] & answered[1]
+    np.testing.assert_allclose(mean.probs[both], (probs[0][both] + probs[1][both]) / 2)
+    only1 = ~answered[0] & answered[1]
+    np.testing.assert_allclose(mean.probs[only1], probs[1][only1])
+    assert np.isnan(mean.probs[~(answered[0] | answered[1])]).all()
+    ok = ~np.isnan(mean.probs).any(axis=1)
+    assert ((mean.probs[ok] >= 0) & (mean.probs[ok] <= 1)).all()
+    assert not np.allclose(mean.probs[ok].sum(axis=1), 1)  # independent, never renormalised
+    assert (mean.entropy[ok] >= 0).all() and (mean.entropy[ok] <= ML_K * np.log(2) + 1e-9).all()
+    first = aggregate(probs, ML_LABELS, LabelModelConfig(method="first", calibration="none"),
+                      task="multi_label")
+    np.testing.assert_allclose(first.probs[answered[0]], probs[0][answered[0]])
+    assert first.info["first"]["fallback_rows"] == int(only1.sum())
+    # two independent teachers averaged: per-label accuracy at least the better one's
+    acc = [((p[both] >= 0.5) == (gold[both] > 0.5)).mean() for p in probs]
+    assert ((mean.probs[both] >= 0.5) == (gold[both] > 0.5)).mean() >= min(acc) - 0.01
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_multi_label_temperature_cools_an_over_confident_teacher_per_label(seed):
+    rng = np.random.default_rng(seed)
+    q = rng.beta(0.7, 1.2, size=(600, ML_K))  # calibrated by construction: gold drawn from q
+    gold = (rng.random(q.shape) < q).astype(float)
+    logit = np.log(q) - np.log1p(-q)
+    probs = 1 / (1 + np.exp(-3 * logit))  # the same teacher, over-confident
+    idx = rng.choice(len(gold), size=200, replace=False)
+    agg = aggregate([probs], ML_LABELS, LabelModelConfig(method="first", calibration="temperature"),
+                    anchor_index=idx, anchor_gold=gold[idx], task="multi_label")
+    cal = agg.info["calibration"]["teachers"][0]
+    assert all(t > 1.5 for t in cal["temperatures"]) and cal["labels_skipped"] == []
+    assert cal["nll_after"] < cal["nll_before"]
+    # a temperature keeps every decision at 0.5: the per-label answers are unchanged
+    assert np.array_equal(agg.probs >= 0.5, probs >= 0.5)
+    info = json.loads(json.dumps(agg.info, allow_nan=False))
+    assert info["anchor_accuracy"]["kind"] == "in_sample" and 0 <= info["anchor_accuracy"][
+        "value"] <= 1
+
+
+def test_multi_label_skips_calibrating_a_label_the_anchor_barely_holds():
+    gold, [probs] = _multi(5, teachers=1, fail=0.0)
+    gold[:, 2] = 0.0
+    gold[:2, 2] = 1.0  # two positives of label 2 in the whole anchor
+    idx = np.arange(200)
+    agg = aggregate([probs], ML_LABELS, LabelModelConfig(method="first",
+                                                         calibration="temperature_bias"),
+                    anchor_index=idx, anchor_gold=gold[idx], task="multi_label")
+    cal = agg.info["calibration"]["teachers"][0]
+    assert cal["labels_skipped"] == ["praise"]
+    np.testing.assert_allclose(agg.probs[:, 2], probs[:, 2])  # left as the teacher gave it
+
+
+def test_multi_label_auto_picks_first_for_one_teacher_and_mean_for_several():
+    gold, probs = _multi(7)
+    assert aggregate(probs[:1], ML_LABELS, task="multi_label").info["method"] == "first"
+    idx = np.arange(100)
+    two = aggregate(probs, ML_LABELS, anchor_index=idx, anchor_gold=gold[idx],
+                    task="multi_label")
+    assert two.info["method"] == "mean" and two.info["task"] == "multi_label"
+
+
+@pytest.mark.parametrize("method", ["dawid_skene", "stacked", "snorkel"])
+def test_multi_label_refuses_the_methods_that_need_exclusive_labels(method):
+    _, probs = _multi(8)
+    with pytest.raises(UsageError, match="does not support multi_label: use first or mean") as e:
+        aggregate(probs, ML_LABELS, LabelModelConfig(method=method), task="multi_label")
+    assert "\n" not in str(e.value)
+
+
+def test_multi_label_bad_inputs_are_one_line_data_errors():
+    gold, probs = _multi(9)
+    with pytest.raises(DataError, match=r"outside \[0, 1\]"):
+        aggregate([probs[0] * 2], ML_LABELS, task="multi_label")
+    with pytest.raises(DataError, match="0/1"):
+        aggregate(probs, ML_LABELS, anchor_index=np.arange(5), anchor_gold=np.arange(5),
+                  task="multi_label")

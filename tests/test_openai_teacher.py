@@ -189,3 +189,79 @@ def test_killed_client_resumes_against_the_server_relabelling_nothing(server, tm
     assert all(after[h] == row for h, row in before.items()), "cached texts were relabelled"
     table = pd.read_parquet(out)
     assert len(table) == 60 and set(table["status"]) <= set(STATUSES)
+
+
+# ---- multi-label -------------------------------------------------------------------------------
+
+ML_LABELS = ["complaint", "question", "praise"]
+
+
+def multi_teacher(url, **api):
+    cfg = TeacherConfig(spec=f"openai:smol@{url}", n_demos=0)
+    cfg.api = cfg.api.model_copy(update=api)
+    t = load_teacher(cfg.spec, ML_LABELS, [], cfg, None, task="multi_label")
+    OPEN.append(t)
+    return t
+
+
+def test_multi_label_logprobs_ask_one_yes_no_question_per_label(server):
+    with FaultProxy(server, []) as proxy:
+        t = multi_teacher(proxy.url, concurrency=4)
+        before = len(proxy.seen)
+        anns = t.label_probs(TEXTS[:2])
+        requests = len(proxy.seen) - before
+        OPEN.remove(t)
+        t.close()  # before the proxy stops: no connection is left pending
+    assert t.task == "multi_label"
+    for a in anns:
+        assert a.status in STATUSES
+        if a.status == "ok":
+            assert len(a.probs) == len(ML_LABELS) and all(0 <= p <= 1 for p in a.probs)
+            assert 0 < a.label_mass <= 1.0001
+    if all(json.loads(a.raw)["method"] == "logprobs" for a in anns):
+        assert requests == len(TEXTS[:2]) * len(ML_LABELS)  # k requests per text
+        assert all(len(json.loads(a.raw)["answers"]) == len(ML_LABELS) for a in anns
+                   if a.status == "ok")
+
+
+def test_multi_label_votes_and_reasoning_give_the_share_of_samples_naming_each_label(server):
+    for mode in ("votes", "reasoning"):
+        anns = multi_teacher(server, mode=mode, samples=3,
+                             reasoning_max_tokens=48).label_probs(TEXTS[:2])
+        for a in anns:
+            assert a.status in STATUSES and json.loads(a.raw)["method"] == mode
+            if a.status == "ok":  # a share of 3 samples
+                assert all(round(p * 3, 6) in (0, 1, 2, 3) for p in a.probs)
+
+
+def test_multi_label_prompt_hash_and_dry_run_differ_from_single_label():
+    url = "http://127.0.0.1:9/v1"  # nothing listens: a dry run sends nothing
+    cfg = TeacherConfig(spec=f"openai:gpt-4o-mini@{url}", n_demos=0)
+    single = load_teacher(cfg.spec, ML_LABELS, [], cfg, None, dry_run=True)
+    multi = load_teacher(cfg.spec, ML_LABELS, [], cfg, None, dry_run=True, task="multi_label")
+    OPEN.extend([single, multi])
+    assert single.prompt_hash != multi.prompt_hash
+    assert "Any number of these labels may apply" in multi.prompt.prefix
+    one, k = single.estimate(TEXTS), multi.estimate(TEXTS)
+    assert k["input_tokens"] > 2.5 * one["input_tokens"]  # one request per label
+
+
+def test_multi_label_samples_are_tallied_per_label():
+    from llmdistill.teachers.openai_api import parse_label_list
+
+    assert parse_label_list('["Praise", "complaint"]', ML_LABELS) == (
+        ["complaint", "praise"], [])
+    assert parse_label_list('{"reason": "x", "labels": ["question", "spam"]}', ML_LABELS) == (
+        ["question"], ["spam"])
+    assert parse_label_list("[]", ML_LABELS) == ([], [])
+    assert parse_label_list("complaint", ML_LABELS) == (None, [])
+    cfg = TeacherConfig(spec="openai:m@http://127.0.0.1:9/v1", n_demos=0)
+    cfg.api = cfg.api.model_copy(update={"mode": "votes"})
+    t = load_teacher(cfg.spec, ML_LABELS, [], cfg, None, dry_run=True, task="multi_label")
+    OPEN.append(t)
+    replies = ['["complaint"]', '["complaint", "praise"]', "[]", "no idea", '["spam"]']
+    ann = t._tally_sets(replies, [parse_label_list(r, ML_LABELS) for r in replies], {})
+    assert ann.status == "ok" and ann.probs == [2 / 3, 0.0, 1 / 3]  # 3 samples counted
+    assert ann.label_mass == 3 / 5 and json.loads(ann.raw)["unknown_labels"] == ["spam"]
+    none = t._tally_sets(["no idea"], [parse_label_list("no idea", ML_LABELS)], {})
+    assert none.status == "unparseable" and none.probs is None

@@ -142,3 +142,62 @@ def test_replay_has_no_prompt_and_dry_runs_without_special_cases(labelled_csv: P
     assert len(table) == len(frame)
     assert manifest["prompt"]["prefix"] is None and manifest["prompt"]["suffix"] is None
     assert manifest["teacher"]["backend"] == "replay"
+
+
+# ---- multi-label -------------------------------------------------------------------------------
+
+TAGS = ["billing", "bug", "praise"]
+
+
+@pytest.fixture
+def tagged_csv(tmp_path: Path) -> Path:
+    rows = [
+        {"text": "charged twice and the app crashes", "tags": "billing|bug", "p_b": 0.9,
+         "p_g": 0.8, "p_p": 0.1},
+        {"text": "love it", "tags": '["Praise"]', "p_b": 0.0, "p_g": 0.1, "p_p": 0.95},
+        {"text": "just a question", "tags": "", "p_b": 0.2, "p_g": 0.2, "p_p": 0.2},
+        {"text": "empty list", "tags": "[]", "p_b": 0.1, "p_g": 0.1, "p_p": 0.1},
+        {"text": "something else", "tags": "bug|shipping", "p_b": 0.1, "p_g": 0.9, "p_p": 0.1},
+        {"text": "broken json", "tags": '["bug", ', "p_b": 0.1, "p_g": 0.9, "p_p": 0.1},
+        {"text": "bad probability", "tags": "bug", "p_b": 0.1, "p_g": 1.5, "p_p": 0.1},
+    ]
+    path = tmp_path / "tags.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_a_replayed_label_list_gives_one_or_zero_per_label(tagged_csv: Path) -> None:
+    teacher = ReplayTeacher(f"{tagged_csv}#tags", TAGS, task="multi_label")
+    got = teacher.label_probs(["charged twice and the app crashes", "love it", "just a question",
+                               "empty list", "something else", "broken json"])
+    assert [a.status for a in got] == ["ok", "ok", "ok", "ok", "off_label", "unparseable"]
+    assert got[0].probs == [1.0, 1.0, 0.0] and got[1].probs == [0.0, 0.0, 1.0]
+    assert got[2].probs == got[3].probs == [0.0, 0.0, 0.0]  # an empty cell is the empty set
+    assert got[4].raw == "bug|shipping" and got[4].probs is None  # the raw answer, kept
+    assert teacher.task == "multi_label"
+
+
+def test_replayed_multi_label_probabilities_are_per_label_not_normalised(tagged_csv: Path) -> None:
+    teacher = ReplayTeacher(f"{tagged_csv}#tags?probs=p_b,p_g,p_p", TAGS, task="multi_label")
+    a, b, bad = teacher.label_probs(["charged twice and the app crashes", "love it",
+                                     "bad probability"])
+    np.testing.assert_allclose(a.probs, [0.9, 0.8, 0.1])
+    np.testing.assert_allclose(b.probs, [0.0, 0.1, 0.95])
+    assert bad.status == "unparseable" and "[0, 1]" in bad.raw
+
+
+def test_a_parquet_list_column_replays_and_the_task_is_part_of_the_identity(
+        tmp_path: Path, tagged_csv: Path) -> None:
+    path = tmp_path / "tags.parquet"
+    pd.DataFrame({"text": ["crash", "thanks"], "tags": [["bug"], ["praise", "billing"]]}
+                 ).to_parquet(path)
+    teacher = load_teacher(f"replay:{path}#tags", TAGS, [], TeacherConfig(), tmp_path,
+                           task="multi_label")
+    crash, thanks = teacher.label_probs(["crash", "thanks"])
+    assert crash.probs == [0.0, 1.0, 0.0] and thanks.probs == [1.0, 0.0, 1.0]
+    single = ReplayTeacher(f"{tagged_csv}#tags", TAGS)
+    multi = ReplayTeacher(f"{tagged_csv}#tags", TAGS, task="multi_label")
+    assert single.prompt_hash != multi.prompt_hash and single.id == multi.id
+    table = annotate(read_table(path, label_column=None), teacher,
+                     AnnotationCache(tmp_path / "c.sqlite"))
+    assert table["label"].tolist() == ["bug", "billing|praise"]  # canonical: label-set order

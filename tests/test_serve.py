@@ -562,3 +562,70 @@ def test_the_student_answers_a_messy_text_as_its_cleaned_form(url) -> None:
     for raw, cleaned in zip(results[:2], results[2:], strict=True):
         assert raw["label"] == cleaned["label"]
         assert raw["probs"] == pytest.approx(cleaned["probs"], abs=1e-5)
+
+
+class MultiLabelStub:
+    """A multi-label student: each label applies when its name is in the text."""
+
+    labels = ["sport", "tech", "politics"]
+    backend = "stub"
+    task = "multi_label"
+    thresholds = np.array([0.5, 0.5, 0.5])
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return np.array([[0.9 if lab in t else 0.1 for lab in self.labels] for t in texts])
+
+
+class SetTeacher(StubTeacher):
+    """A multi-label teacher: always `politics` alone."""
+
+    task = "multi_label"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels = list(MultiLabelStub.labels)
+
+    def label_probs(self, texts: list[str]) -> list[Annotation]:
+        return [Annotation([0.2, 0.2, 0.9], "ok", 0.01) for _ in texts]
+
+
+def test_a_multi_label_student_answers_label_sets_with_independent_probabilities() -> None:
+    with running(create_app(MultiLabelStub(), ServeConfig(**LIMITS))) as base:
+        r = httpx.post(f"{base}/v1/classify", json={"texts": ["sport and tech news", "weather"]})
+        assert r.status_code == 200, r.text
+        first, second = r.json()["results"]
+        assert first["labels"] == ["sport", "tech"] and first["label"] == "sport|tech"
+        assert second["labels"] == [] and second["label"] == ""
+        assert sum(first["probs"].values()) > 1  # independent, not a softmax
+        assert httpx.get(f"{base}/healthz").json()["task"] == "multi_label"
+
+
+def test_a_request_for_the_other_task_gets_a_422_naming_both() -> None:
+    with running(create_app(MultiLabelStub(), ServeConfig(**LIMITS))) as base:
+        r = httpx.post(f"{base}/v1/classify", json={"texts": ["x"], "task": "single_label"})
+        assert r.status_code == 422 and r.json()["error"] == "wrong_task"
+        assert "multi_label" in r.json()["message"]
+    with running(create_app(StubStudentForTask(), ServeConfig(**LIMITS))) as base:
+        r = httpx.post(f"{base}/v1/classify", json={"texts": ["x"], "task": "multi_label"})
+        assert r.status_code == 422 and "single_label" in r.json()["message"]
+
+
+class StubStudentForTask:
+    labels = LABELS
+    backend = "stub"
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return np.tile([0.2, 0.5, 0.3], (len(texts), 1))
+
+
+def test_the_multi_label_cascade_defers_texts_with_an_unsure_label() -> None:
+    cfg = ServeConfig(**LIMITS, cascade_threshold=0.8)
+    with running(create_app(MultiLabelStub(), cfg, teacher=SetTeacher())) as base:
+        r = httpx.post(f"{base}/v1/classify", json={"texts": ["sport"]})
+        (result,) = r.json()["results"]
+    # 0.9 and 0.1 are both sure at 0.8 (≥ 0.8 or ≤ 0.2), so the student answers
+    assert result["answered_by"] == "student" and result["labels"] == ["sport"]
+    cfg = ServeConfig(**LIMITS, cascade_threshold=0.95)
+    with running(create_app(MultiLabelStub(), cfg, teacher=SetTeacher())) as base:
+        (result,) = httpx.post(f"{base}/v1/classify", json={"texts": ["sport"]}).json()["results"]
+    assert result["answered_by"] == "teacher" and result["labels"] == ["politics"]

@@ -276,3 +276,177 @@ def test_estimate_of_an_api_teacher_sends_nothing():
     cfg = TeacherConfig(spec="openai:gpt-4o-mini@http://127.0.0.1:9/v1", n_demos=0)
     est = pipeline.estimate(frame("good flight", "bad bag"), LABELS, [], cfg, None)  # no server
     assert est["texts"] == 2 and est["input_tokens"] > 0 and est["dollars"] > 0
+
+
+# ---- multi-label, long texts, many labels ------------------------------------------------------
+
+ML_LABELS = ["good", "bad", "awful"]
+ML_DEMOS = [{"id": "d1", "text": "i love it", "label": "good"},
+            {"id": "d2", "text": "the flight was awful", "label": "bad|awful"}]
+
+
+@pytest.fixture(scope="module")
+def yes_no_lm(tmp_path_factory):
+    """The tiny chat LM with yes/no (and the question's words) in its vocabulary."""
+    import tiny_lm
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiny_lm, "WORDS", [*tiny_lm.WORDS, "yes", "no", "Yes", "No", "does", "Does",
+                                      "label", "apply", "to", "or", '"', "(", ")"])
+        return make_tiny_lm(tmp_path_factory.mktemp("lm-yes-no"))
+
+
+def multi_teacher(path, **cfg) -> HFTeacher:
+    return HFTeacher(str(path), ML_LABELS, ML_DEMOS, TeacherConfig(**cfg), task="multi_label")
+
+
+def full_forward_yes_probs(teacher: HFTeacher, text: str) -> np.ndarray:
+    """Reference: for each label the whole prompt, question included, in one forward pass."""
+    out = []
+    for question in teacher.prompt.questions:
+        ids = teacher._tokenize(teacher.prompt.prefix, special=True, bos=True)
+        ids += teacher._tokenize(text + teacher.prompt.between, special=True)
+        ids += teacher._tokenize(question + teacher.prompt.suffix, special=True)
+        with torch.inference_mode():
+            logp = torch.log_softmax(teacher.model(torch.tensor([ids])).logits[0, -1].double(), -1)
+        yes, no = (np.exp(logp[sorted({s[0] for s in lt.sequences})].numpy()).sum()
+                   for lt in teacher._yes_no)
+        out.append(yes / (yes + no))
+    return np.array(out)
+
+
+def test_multi_label_scorer_gives_one_independent_probability_per_label(yes_no_lm):
+    teacher = multi_teacher(yes_no_lm)
+    assert teacher.task == "multi_label" and len(teacher.prompt.questions) == len(ML_LABELS)
+    texts = ["the movie was great", "it was a bad day", "i hate this flight"]
+    for text, ann in zip(texts, teacher.label_probs(texts), strict=True):
+        assert ann.status == "ok" and len(ann.probs) == len(ML_LABELS)
+        assert all(0.0 <= p <= 1.0 for p in ann.probs) and 0 < ann.label_mass <= 1
+        np.testing.assert_allclose(ann.probs, full_forward_yes_probs(teacher, text), atol=1e-5)
+    again = teacher.label_probs(texts[::-1])  # the cache is cut back: order does not matter
+    assert [a.probs for a in again[::-1]] == [a.probs for a in teacher.label_probs(texts)]
+
+
+def test_multi_label_evaluates_the_text_once_and_only_each_labels_question(yes_no_lm):
+    teacher = multi_teacher(yes_no_lm)
+    evaluated = []
+    real = teacher._eval
+    teacher._eval = lambda tokens: (evaluated.append(len(tokens)), real(tokens))[1]
+    text = " ".join(["the flight was very good and i love it"] * 20)
+    [ann] = teacher.label_probs([text])
+    body = len(teacher._tokenize(text + teacher.prompt.between, special=True))
+    questions = [len(q) for q in teacher._questions]
+    assert ann.status == "ok" and not teacher.whole_sequences
+    assert sum(evaluated) == body + sum(questions) == ann.tokens
+    assert sum(evaluated) < 2 * body  # one text pass and k short questions, not k text passes
+    assert evaluated.count(body) == 1
+
+
+def test_multi_label_prompt_says_any_number_may_apply_and_has_its_own_hash(yes_no_lm):
+    single = HFTeacher(str(yes_no_lm), ML_LABELS, [], TeacherConfig())
+    multi = multi_teacher(yes_no_lm)
+    asked = multi_teacher(yes_no_lm, label_question="Is it {label}? Answer yes or no.")
+    assert len({single.prompt_hash, multi.prompt_hash, asked.prompt_hash}) == 3
+    assert "Any number of these labels may apply" in multi.prompt.prefix
+    assert "Any number" not in single.prompt.prefix
+    assert "Labels: bad, awful" in multi.prompt.prefix  # a demo's label set
+    assert multi.prompt.questions[0].startswith('Does the label "good"')
+    assert single.prompt_hash == single.prompt.hash  # single-label: the hash of earlier versions
+
+
+def test_a_label_question_with_stray_braces_is_a_one_line_error(yes_no_lm):
+    with pytest.raises(TeacherError, match="label_question") as err:
+        multi_teacher(yes_no_lm, label_question="Is {label} in {set}?")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("task", ["single_label", "multi_label"])
+def test_truncated_is_set_exactly_when_a_text_has_more_than_max_text_tokens(yes_no_lm, task):
+    cfg = TeacherConfig(max_text_tokens=8)
+    teacher = HFTeacher(str(yes_no_lm), ML_LABELS, [], cfg, task=task)
+    long_words = ["the", "flight", "was", "very", "good", "and", "i", "love", "it", "a", "lot"]
+    short, exact, long = "i love it", " ".join(long_words[:8]), " ".join(long_words)
+    a_short, a_exact, a_long = teacher.label_probs([short, exact, long])
+    assert [a.truncated for a in (a_short, a_exact, a_long)] == [False, False, True]
+    assert a_long.probs == a_exact.probs  # the teacher saw exactly its first 8 tokens
+    untruncated = HFTeacher(str(yes_no_lm), ML_LABELS, [], TeacherConfig(), task=task)
+    assert untruncated.prompt_hash != teacher.prompt_hash  # the limit is part of the identity
+    [full] = untruncated.label_probs([long])
+    assert not full.truncated and full.probs != a_long.probs
+
+
+def test_a_text_cut_at_max_text_chars_is_marked_truncated(yes_no_lm):
+    teacher = HFTeacher(str(yes_no_lm), ML_LABELS, [], TeacherConfig(max_text_chars=10))
+    short, long = teacher.label_probs(["i love it", "i love it and the flight"])
+    assert not short.truncated and long.truncated
+
+
+def many_labels(n: int) -> list[str]:
+    """n two-word labels whose first words collide (three first words for all of them)."""
+    seconds = ["good", "bad", "fine", "great", "awful", "okay", "flight", "movie", "day", "word"]
+    return [f"{a} {b}" for a in ("very", "the", "a") for b in seconds][:n]
+
+
+def test_thirty_labels_with_colliding_first_tokens_are_scored(tiny_lm):
+    labels = many_labels(30)
+    teacher = HFTeacher(str(tiny_lm), labels, [], TeacherConfig())
+    assert teacher.whole_sequences
+    for ann in teacher.label_probs(["the flight was great", "i hate it"]):
+        assert ann.status == "ok" and len(ann.probs) == 30
+        assert abs(sum(ann.probs) - 1) < 1e-9 and min(ann.probs) > 0
+
+
+def test_a_prompt_too_long_for_the_context_names_the_sizes_and_the_fix(tiny_lm):
+    labels = many_labels(30)
+    described = {lab: " ".join(["the flight was very good"] * 8) for lab in labels}
+    cfg = TeacherConfig(label_descriptions=described, n_ctx=1024)
+    with pytest.raises(TeacherError, match="n_ctx is 1024") as err:
+        HFTeacher(str(tiny_lm), labels, [], cfg)
+    message = str(err.value)
+    assert "\n" not in message and "30 label descriptions" in message
+    assert "label descriptions" in message and "n_demos" in message and "max_text_tokens" in message
+    HFTeacher(str(tiny_lm), labels, [], cfg.model_copy(update={"n_ctx": 4096}))  # fits
+
+
+def test_load_teacher_passes_the_task_and_refuses_a_backend_that_ignores_it(restore_registry,
+                                                                            yes_no_lm):
+    teacher = load_teacher(f"hf:{yes_no_lm}", ML_LABELS, [], TeacherConfig(), None,
+                           task="multi_label")
+    assert teacher.task == "multi_label" and len(teacher.label_probs(["good"])[0].probs) == 3
+    register("echo", EchoTeacher, help="echo:NAME")
+    with pytest.raises(TeacherError, match="answers single_label, not multi_label"):
+        load_teacher("echo:x", LABELS, [], TeacherConfig(), None, task="multi_label")
+    assert EchoTeacher.last.request.task == "multi_label"
+    from llmdistill.errors import UsageError
+    with pytest.raises(UsageError, match="unknown task"):
+        load_teacher("echo:x", LABELS, [], TeacherConfig(), None, task="ranking")
+
+
+def test_multi_label_demos_are_balanced_over_the_labels_they_hold():
+    train = pd.DataFrame({"id": [f"r{i}" for i in range(6)], "text": [f"t{i}" for i in range(6)],
+                          "label": ["good|bad", "bad", "awful", "good", "", "bad|awful"]})
+    demos = pick_demos(train, ML_LABELS, 3, seed=1, task="multi_label")
+    assert len({d["id"] for d in demos}) == len(demos) == 3
+    held = {lab for d in demos for lab in d["label"].split("|")}
+    assert set(ML_LABELS) <= held
+
+
+@pytest.mark.integration
+def test_llama_cpp_multi_label_reuses_the_text_cache_exactly():
+    from llmdistill import assets
+    from llmdistill.teachers.llamacpp import LlamaCppTeacher
+
+    teacher = LlamaCppTeacher(assets.smollm2_gguf(), "smol", LABELS, [],
+                              TeacherConfig(n_threads=2, n_demos=0), task="multi_label")
+    try:
+        texts = ["I hate mondays so much", "what a wonderful day :)"]
+        for text, ann in zip(texts, teacher.label_probs(texts), strict=True):
+            assert ann.status == "ok" and all(0 <= p <= 1 for p in ann.probs)
+            body, _ = teacher._body(text, teacher.prompt.between)
+            for question, got in zip(teacher._questions, ann.probs, strict=True):
+                teacher._reset_to(0)  # reference: the whole prompt evaluated afresh
+                logp = teacher._eval(teacher._prefix + body + question)
+                yes, no = teacher._score(logp, 0, teacher._yes_no, teacher._yes_no_whole)
+                assert got == pytest.approx(1 / (1 + np.exp(no - yes)), abs=1e-4)
+    finally:
+        teacher.close()

@@ -30,6 +30,7 @@ from llmdistill.config import DataConfig, TeacherConfig
 from llmdistill.data import resolve, text_hash
 from llmdistill.errors import TeacherError, UsageError
 from llmdistill.files import atomic_path, refuse_existing
+from llmdistill.tasks import get_task
 from llmdistill.teachers import Annotation, Teacher
 from llmdistill.teachers.prompts import pick_demos
 
@@ -37,7 +38,11 @@ MANIFEST_KEY = b"llmdistill.manifest"
 
 
 class AnnotationCache:
-    """One row per (teacher, prompt hash, text hash): the status ledger of every text."""
+    """One row per (teacher, prompt hash, text hash): the status ledger of every text.
+
+    A cache written before `truncated` existed gains the column on opening (its rows read as
+    not truncated).
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,12 +53,25 @@ class AnnotationCache:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS annotations (teacher TEXT, prompt_hash TEXT, "
             "text_hash TEXT, status TEXT, probs TEXT, label_mass REAL, seconds REAL, "
-            "tokens INTEGER, raw TEXT, created REAL, "
+            "tokens INTEGER, raw TEXT, created REAL, truncated INTEGER NOT NULL DEFAULT 0, "
             "PRIMARY KEY (teacher, prompt_hash, text_hash))")
+        self._migrate()
         # dollars of priced API calls; a table of its own keeps older caches readable
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS costs (teacher TEXT, prompt_hash TEXT, text_hash TEXT, "
             "cost REAL, PRIMARY KEY (teacher, prompt_hash, text_hash))")
+
+    def _migrate(self) -> None:
+        """Add the columns later versions introduced to a cache an earlier version wrote."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(annotations)")}
+        if "truncated" not in columns:
+            try:
+                with self.db:
+                    self.db.execute("ALTER TABLE annotations ADD COLUMN truncated INTEGER "
+                                    "NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as e:  # another process migrated it first
+                if "duplicate column" not in str(e):
+                    raise
 
     def get(self, teacher: str, prompt_hash: str, hashes: Iterable[str]) -> dict[str, Annotation]:
         out: dict[str, Annotation] = {}
@@ -61,13 +79,14 @@ class AnnotationCache:
         for i in range(0, len(hashes), 500):
             chunk = hashes[i:i + 500]
             rows = self.db.execute(
-                "SELECT a.text_hash, status, probs, label_mass, seconds, tokens, raw, cost "
+                "SELECT a.text_hash, status, probs, label_mass, seconds, tokens, raw, cost, "
+                "truncated "
                 "FROM annotations a LEFT JOIN costs c USING (teacher, prompt_hash, text_hash) "
                 f"WHERE a.teacher=? AND a.prompt_hash=? AND a.text_hash IN "
                 f"({','.join('?' * len(chunk))})", [teacher, prompt_hash, *chunk])
-            for h, status, probs, mass, secs, tokens, raw, cost in rows:
+            for h, status, probs, mass, secs, tokens, raw, cost, truncated in rows:
                 out[h] = Annotation(json.loads(probs) if probs else None, status, secs,
-                                    mass, raw, tokens or 0, cost or 0.0)
+                                    mass, raw, tokens or 0, cost or 0.0, bool(truncated))
         return out
 
     def put_many(self, teacher: str, prompt_hash: str,
@@ -83,9 +102,10 @@ class AnnotationCache:
 
     def _put(self, teacher: str, prompt_hash: str, h: str, a: Annotation) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO annotations VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO annotations (teacher, prompt_hash, text_hash, status, probs, "
+            "label_mass, seconds, tokens, raw, created, truncated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             [teacher, prompt_hash, h, a.status, json.dumps(a.probs) if a.probs else None,
-             a.label_mass, a.seconds, a.tokens, a.raw, time.time()])
+             a.label_mass, a.seconds, a.tokens, a.raw, time.time(), int(a.truncated)])
         if a.cost:
             self.db.execute("INSERT OR REPLACE INTO costs VALUES (?,?,?,?)",
                             [teacher, prompt_hash, h, a.cost])
@@ -202,15 +222,20 @@ def annotate(frame: pd.DataFrame, teacher: Teacher, cache: AnnotationCache,
 
 def to_frame(frame: pd.DataFrame, hashes: pd.Series, done: dict[str, Annotation],
              teacher: Teacher) -> pd.DataFrame:
-    """Assemble the annotation table in the input's row order."""
+    """Assemble the annotation table in the input's row order.
+
+    `label` is the teacher's answer decided by its task (`teacher.task`): the argmax for
+    single-label, every label with probability ≥ 0.5 joined by `|` for multi-label ("" when
+    none); None where it gave no answer.
+    """
     anns = [done[h] for h in hashes]
     out = frame.rename(columns={"label": "gold"}).reset_index(drop=True).copy()
     out.insert(2, "text_hash", hashes.to_numpy())
     probs = np.array([a.probs if a.probs else [np.nan] * len(teacher.labels) for a in anns],
                      dtype=float).reshape(len(anns), len(teacher.labels))
     ok = np.array([a.status == "ok" for a in anns])
-    out["label"] = [teacher.labels[int(np.argmax(p))] if k else None
-                    for p, k in zip(probs, ok, strict=True)]
+    out["label"] = decide_labels(probs, ok, teacher.labels, getattr(teacher, "task",
+                                                                    "single_label"))
     for j, lab in enumerate(teacher.labels):
         out[f"prob_{lab}"] = probs[:, j]
     out["status"] = [a.status for a in anns]
@@ -218,10 +243,25 @@ def to_frame(frame: pd.DataFrame, hashes: pd.Series, done: dict[str, Annotation]
     out["seconds"] = [a.seconds for a in anns]
     out["tokens"] = [a.tokens for a in anns]
     out["cost"] = [a.cost for a in anns]
+    out["truncated"] = np.array([bool(getattr(a, "truncated", False)) for a in anns], dtype=bool)
     out["teacher"] = teacher.id
     out["prompt_hash"] = teacher.prompt_hash
     out["raw"] = [a.raw for a in anns]
     out["rationale"] = [rationale_of(a.raw) if a.status == "ok" else None for a in anns]
+    return out
+
+
+def decide_labels(probs: np.ndarray, ok: np.ndarray, labels: list[str],
+                  task: str = "single_label") -> list[str | None]:
+    """The store's `label` column: the task's answer for each ok row (argmax, or the canonical
+    `a|b` set with threshold 0.5), None for the others."""
+    if get_task(task).exclusive:
+        return [labels[int(np.argmax(p))] if k else None for p, k in zip(probs, ok, strict=True)]
+    out: list[str | None] = [None] * len(probs)
+    if ok.any():
+        for i, answer in zip(np.flatnonzero(ok), get_task(task).decide(probs[ok], labels),
+                             strict=True):
+            out[int(i)] = answer
     return out
 
 
@@ -287,13 +327,15 @@ def teacher_probs(store: pd.DataFrame, i: int, labels: list[str]) -> np.ndarray:
     return probs
 
 
-def merge_teachers(tables: list[pd.DataFrame], labels: list[str]) -> pd.DataFrame:
+def merge_teachers(tables: list[pd.DataFrame], labels: list[str],
+                   task: str = "single_label") -> pd.DataFrame:
     """One store from several teachers' tables of the same rows, in the same order.
 
     Each teacher keeps its own label, status and probabilities (`t{i}_…` columns); seconds,
-    tokens and dollars are summed over teachers. The top-level label/prob/status columns start
-    as the first teacher's and are replaced by the label model's aggregate (`set_aggregate`); a
-    row counts as answered when any teacher answered it.
+    tokens and dollars are summed over teachers, and a text is `truncated` when any teacher saw
+    only part of it. The top-level label/prob/status columns start as the first teacher's (its
+    label decided by `task` from its probabilities) and are replaced by the label model's
+    aggregate (`set_aggregate`); a row counts as answered when any teacher answered it.
     """
     base = tables[0]
     for t in tables[1:]:
@@ -306,6 +348,14 @@ def merge_teachers(tables: list[pd.DataFrame], labels: list[str]) -> pd.DataFram
             out[dst] = t[src].to_numpy()
     for col in ("seconds", "tokens", "cost"):
         out[col] = sum(t[col].fillna(0).to_numpy() for t in tables)
+    if any("truncated" in t.columns for t in tables):
+        out["truncated"] = np.any([t["truncated"].fillna(False).to_numpy(dtype=bool)
+                                   if "truncated" in t.columns else np.zeros(len(t), bool)
+                                   for t in tables], axis=0)
+    if not get_task(task).exclusive:  # the first teacher's answer, as its task decides it
+        first = base[[f"prob_{lab}" for lab in labels]].to_numpy(dtype=float)
+        out["label"] = decide_labels(first, base["status"].astype(str).to_numpy() == "ok",
+                                     labels, task)
     any_ok = (statuses == "ok").any(axis=0)
     out["status"] = np.where(any_ok, "ok", statuses[0])
     out["teacher"] = "+".join(dict.fromkeys(str(t["teacher"].iloc[0]) for t in tables)) \
@@ -314,14 +364,14 @@ def merge_teachers(tables: list[pd.DataFrame], labels: list[str]) -> pd.DataFram
 
 
 def set_aggregate(store: pd.DataFrame, probs: np.ndarray, entropy: np.ndarray,
-                  labels: list[str]) -> pd.DataFrame:
-    """The store with the label model's soft label as its label/prob/status columns."""
+                  labels: list[str], task: str = "single_label") -> pd.DataFrame:
+    """The store with the label model's soft label as its label/prob/status columns (`label`
+    decided by `task`: argmax, or the labels with probability ≥ 0.5 for multi-label)."""
     out = store.copy()
     ok = np.isfinite(probs).all(axis=1)
     for j, lab in enumerate(labels):
         out[f"prob_{lab}"] = probs[:, j]
-    out["label"] = [labels[int(np.argmax(p))] if k else None
-                    for p, k in zip(probs, ok, strict=True)]
+    out["label"] = decide_labels(probs, ok, labels, task)
     keep = out["status"].astype(str).where(out["status"].astype(str) != "ok", "no_answer")
     out["status"] = np.where(ok, "ok", keep)
     out["entropy"] = entropy
@@ -342,6 +392,8 @@ def write_annotations(df: pd.DataFrame, path: Path, manifest: dict,
     meta = dict(table.schema.metadata or {})
     manifest = {"llmdistill_version": __version__, "written": time.time(), **manifest,
                 "status_counts": status_counts(df)}
+    if "truncated" in df.columns:  # texts some teacher saw only the start of
+        manifest["truncated"] = int(df["truncated"].fillna(False).astype(bool).sum())
     meta[MANIFEST_KEY] = json.dumps(manifest, default=str).encode()
     with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata(meta), tmp)
@@ -364,11 +416,12 @@ def read_annotations(path: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def demos_for(source: str | pd.DataFrame | None, labels: list[str], cfg: TeacherConfig,
-              data_cfg: DataConfig | None = None) -> list[dict]:
+              data_cfg: DataConfig | None = None, task: str = "single_label") -> list[dict]:
     """The few-shot demos every command uses: `cfg.n_demos` label-balanced, seeded rows.
 
     `source` is labelled training data: a frame, or a DATA spec (file or embedded split) read
-    with `data_cfg`; None gives no demos (zero-shot).
+    with `data_cfg`; None gives no demos (zero-shot). Multi-label demos carry canonical `a|b`
+    label strings and are balanced over the labels they hold.
     """
     if source is None:
         return []
@@ -378,7 +431,7 @@ def demos_for(source: str | pd.DataFrame | None, labels: list[str], cfg: Teacher
             raise UsageError(f"the demo data {source} has no label column: give labelled data "
                              "for demos (--demos)")
         source = frame
-    return pick_demos(source, labels, cfg.n_demos, cfg.demo_seed)
+    return pick_demos(source, labels, cfg.n_demos, cfg.demo_seed, task)
 
 
 def without_demos(frame: pd.DataFrame, demos: list[dict]) -> pd.DataFrame:

@@ -26,6 +26,13 @@ def student_answers(probs: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(probs, dtype=np.float64).max(axis=1) >= threshold
 
 
+def labels_sure(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Multi-label: texts on which the student is sure of every label, i.e. each probability is
+    ≥ `threshold` or ≤ 1 − `threshold`; the rest go to the teacher."""
+    p = np.asarray(probs, dtype=np.float64)
+    return np.all((p >= threshold) | (p <= 1 - threshold), axis=1)
+
+
 def cascade_curve(
     student_probs: np.ndarray,
     teacher_pred: Sequence[str | None],

@@ -150,32 +150,35 @@ def annotate_cmd(
     _engine_flags(cfg, engine, ray_address, replicas)
     if not dry_run:
         refuse_existing(out)
-    frame, labels = data_mod.resolve(data, cfg.data)
-    embedded = ":" in data and not Path(data).exists()
-    demo_source = demos or (f"{data.split(':')[0]}:train" if embedded else None)
+    frame, labels, task = data_mod.resolve_with_task(data, cfg.data)
+    source, split = data_mod.split_spec(data)
+    demo_source = demos or (f"{source}:train" if split else None)
     if demo_source and not labels:
-        labels = data_mod.resolve(demo_source, cfg.data)[1]
+        _, labels, task = data_mod.resolve_with_task(demo_source, cfg.data)
     labels = labels or cfg.data.labels or []
     if len(labels) < 2:
         raise UsageError("no label set: give data with a label column, --demos, or set "
                          "data.labels in the config")
+    if cfg.data.task != "auto":
+        task = cfg.data.task
     teachers = cfg.all_teachers()
-    demo_rows = [demos_for(demo_source, labels, t, cfg.data) for t in teachers]
+    demo_rows = [demos_for(demo_source, labels, t, cfg.data, task=task) for t in teachers]
     if demo_source == data:
         frame = without_demos(frame, [d for rows in demo_rows for d in rows])
     if limit:
         frame = frame.head(limit)
     if dry_run:
-        est = [pipeline.estimate(frame, labels, rows, t, cfg.resolved_cache_dir())
+        est = [pipeline.estimate(frame, labels, rows, t, cfg.resolved_cache_dir(), task=task)
                for t, rows in zip(teachers, demo_rows, strict=True)]
         print(json.dumps(est[0] if len(est) == 1 else est, indent=2))
         return
     table, manifest = pipeline.annotate_teachers(frame, labels, demo_rows, teachers,
                                                  cfg.resolved_cache_dir(), retry_failed,
-                                                 engine=cfg.engine)
+                                                 engine=cfg.engine, task=task)
+    manifest["task"] = task
     anchor_rows = pipeline.choose_anchor(table, labels, cfg.student, cfg.anchor)
     table, manifest["label_model"] = pipeline.aggregate_teachers(
-        table, labels, cfg.label_model, anchor_rows, seed=cfg.student.seed)
+        table, labels, cfg.label_model, anchor_rows, seed=cfg.student.seed, task=task)
     write_annotations(table, out, manifest)
     err.print(f"wrote {out} ({len(table)} rows)")
 
@@ -196,14 +199,14 @@ def train_cmd(
         cfg.student.model = student
     refuse_existing(out)
     table, manifest = read_annotations(annotations)
-    labels = manifest["labels"]
+    labels, task = manifest["labels"], manifest.get("task", "single_label")
     anchor_rows: object = "auto"
     if anchor or cfg.anchor:
         anchor_rows = pipeline.choose_anchor(table, labels, cfg.student, anchor or cfg.anchor)
         table, _ = pipeline.aggregate_teachers(table, labels, cfg.label_model, anchor_rows,
-                                               seed=cfg.student.seed)
+                                               seed=cfg.student.seed, task=task)
     result = pipeline.train(table, labels, cfg.student, out,
-                            {"teacher": manifest.get("teacher"),
+                            {"task": task, "teacher": manifest.get("teacher"),
                              "prompt_hash": manifest.get("prompt_hash"),
                              "annotations": str(annotations)}, anchor=anchor_rows)
     err.print(f"wrote {out}: trained on {result.used} texts ({result.skipped} not ok, skipped), "
@@ -228,7 +231,7 @@ def evaluate_cmd(
     cfg = _config(config, text_column, label_column)
     if (out / "metrics.json").exists():
         raise UsageError(f"{out} already holds a report: pass a new --out or delete it")
-    gold, labels = data_mod.resolve(data, cfg.data)
+    gold, labels, task = data_mod.resolve_with_task(data, cfg.data)
     if "label" not in gold.columns:
         raise UsageError(f"{data} has no gold label column {cfg.data.label_column!r}: "
                          "pass --label-column")
@@ -237,7 +240,7 @@ def evaluate_cmd(
         table, manifest = read_annotations(teacher_annotations)
         labels = manifest["labels"]
     metrics = pipeline.evaluate(student, gold, labels, cfg.evaluate, table, manifest, out,
-                                curve_thresholds=cfg.serve.curve_thresholds)
+                                curve_thresholds=cfg.serve.curve_thresholds, task=task)
     print_summary(metrics, Console())
 
 
@@ -370,13 +373,14 @@ def predict(
     clf = StudentClassifier.load(student, backend=backend)  # type: ignore[arg-type]
     batch = batch_size or StudentConfig().inference_batch_size
     probs = clf.predict_proba(rows, batch_size=batch, progress=bool(input))
-    records = prediction_records(ids, rows, probs, clf.labels)
+    records = prediction_records(ids, rows, probs, clf.labels, task=clf.task,
+                                 thresholds=clf.thresholds)
     if out:
         write_predictions(records, clf.labels, out)
         err.print(f"wrote {out} ({len(records)} texts, backend {clf.backend})")
         return
     for r in records:
-        print(json.dumps({"text": r["text"], "label": r["label"], "probs": r["probs"]},
+        print(json.dumps({k: r[k] for k in ("text", "label", "labels", "probs") if k in r},
                          ensure_ascii=False))
 
 
@@ -417,9 +421,8 @@ def export_cmd(
     if min_agreement is not None:
         cfg.export.min_agreement = min_agreement
     spec = data or cfg.export.data
-    embedded = ":" in spec and not Path(spec).exists()
     data_cfg = cfg.data.model_copy(update={"max_validation": None, "max_test": None}) \
-        if embedded else cfg.data
+        if data_mod.split_spec(spec)[1] else cfg.data
     frame, _ = data_mod.resolve(spec, data_cfg)
     gold = frame["label"].astype(str).tolist() if "label" in frame.columns else None
     result = export_student(student, frame["text"].tolist(), gold, cfg.export,
@@ -541,11 +544,14 @@ def active_cmd(
         first = e.errors()[0]
         raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')} {first['input']}: "
                          f"{first['msg'][0].lower()}{first['msg'][1:]}") from None
-    embedded = ":" in data and not Path(data).exists()
+    source, split = data_mod.split_spec(data)
     data_cfg = cfg.data.model_copy(update={"max_train": None, "max_validation": None,
-                                           "max_test": None}) if embedded else cfg.data
-    frame, labels = data_mod.resolve(data, data_cfg)
-    demo_source = demos or (f"{data.split(':')[0]}:train" if embedded else None)
+                                           "max_test": None}) if split else cfg.data
+    frame, labels, task = data_mod.resolve_with_task(data, data_cfg)
+    if task != "single_label":
+        raise UsageError("active distillation supports single_label tasks only: run "
+                         "`llmdistill run` for a multi_label task")
+    demo_source = demos or (f"{source}:train" if split else None)
     if demo_source and not labels:
         labels = data_mod.resolve(demo_source, cfg.data)[1]
     labels = labels or cfg.data.labels or []

@@ -15,6 +15,12 @@ training rows) is what the label model fits on:
 The anchor rows' own soft labels are never their gold labels: stacked gives them out-of-fold
 predictions and dawid_skene its unclamped posterior, so that whatever later compares the labels
 with the anchor's gold (the noise estimate, the report) sees teacher-like labels, not copies.
+
+Multi-label (`task="multi_label"`): each teacher gives an independent probability per label (rows
+need not sum to 1) and the anchor's gold is an (m, k) 0/1 matrix. Calibration is per label
+(`LabelCalibration`: a temperature, or a temperature and a bias, on the label's logit, Platt
+style), and only `first` and `mean` aggregate (`MULTI_LABEL_METHODS`); `auto` picks `first`
+for one teacher and `mean` for several.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from threadpoolctl import threadpool_limits
 from llmdistill.config import LabelModelConfig
 from llmdistill.errors import DataError, UsageError
 from llmdistill.evaluate import calibration as _ece_report
+from llmdistill.tasks import get_task
 
 # Probabilities are clipped to [EPS, 1] before their log. For a one-hot teacher the value of EPS
 # does not matter for the result: its calibrated confidence is 1 / (1 + (k-1) EPS^(1/T)) and the
@@ -53,6 +60,10 @@ MIN_FIT_ROWS = 10
 STACKED_CS = np.logspace(-3, 3, 13)
 DS_TOL = 1e-6  # dawid_skene stops when no posterior moves by more than this
 _SUM_TOL = 1e-3  # an answered row must sum to 1 within this
+MULTI_LABEL_METHODS = ("first", "mean")
+# multi-label: a label's calibration is skipped when the anchor rows a teacher answered hold
+# fewer positives (or negatives) of it than this: too few to fit its temperature on
+MIN_LABEL_ROWS = 5
 
 
 @dataclass
@@ -463,27 +474,36 @@ def _entropy(probs: np.ndarray) -> np.ndarray:
     return -(probs * logs).sum(axis=1)  # NaN rows stay NaN
 
 
-def resolve_method(cfg: LabelModelConfig, teachers: int, anchored: bool) -> LabelModelConfig:
+def resolve_method(cfg: LabelModelConfig, teachers: int, anchored: bool,
+                   task: str = "single_label") -> LabelModelConfig:
     """`method: auto` → what the benchmarks chose on dev: with several teachers `stacked` on the
     anchor (`mean` without one; bench/beyond_teacher.py), with one teacher `first` with a
     temperature (bench/demo_teachers.py: dev 74.3 ± 4.2 vs 74.0 ± 2.6 uncalibrated, a tie that
-    keeps the soft labels calibrated). Any other method is returned as it is."""
+    keeps the soft labels calibrated). Multi-label: `first` with a per-label temperature for one
+    teacher, `mean` for several. Any other method is returned as it is."""
     if cfg.method != "auto":
         return cfg
     if teachers == 1:
         return cfg.model_copy(update={"method": "first", "calibration": "temperature"})
+    if not get_task(task).exclusive:
+        return cfg.model_copy(update={"method": "mean"})
     return cfg.model_copy(update={"method": "stacked" if anchored else "mean"})
 
 
 def aggregate(teacher_probs: list[np.ndarray], labels: list[str],
               cfg: LabelModelConfig | None = None, anchor_index: np.ndarray | None = None,
-              anchor_gold: np.ndarray | None = None, seed: int = 0) -> Aggregate:
+              anchor_gold: np.ndarray | None = None, seed: int = 0,
+              task: str = "single_label") -> Aggregate:
     """Calibrate each teacher on the anchor, then combine them by `cfg.method`.
 
     `teacher_probs[j]` (n, k) in `labels` order, an all-NaN row where teacher j failed;
     `anchor_index` row positions of the gold anchor, `anchor_gold` their class ids (both or
-    neither). The result has a probability row for every text some teacher answered.
+    neither); multi-label: `anchor_gold` is an (m, k) 0/1 matrix (`Task.targets`). The result
+    has a probability row for every text some teacher answered.
     """
+    if not get_task(task).exclusive:
+        return _aggregate_multi(teacher_probs, labels, cfg or LabelModelConfig(), anchor_index,
+                                anchor_gold, task)
     cfg = resolve_method(cfg or LabelModelConfig(), len(teacher_probs), anchor_index is not None)
     probs = _check_teachers(teacher_probs, labels)
     n, k = probs[0].shape
@@ -561,3 +581,257 @@ def aggregate(teacher_probs: list[np.ndarray], labels: list[str],
     else:
         info["anchor_accuracy"] = {"kind": "no anchor", "n": 0, "value": None, "log_loss": None}
     return Aggregate(out, _entropy(out), info)
+
+
+# ---- multi-label -------------------------------------------------------------------------------
+
+
+def _bce(logits: np.ndarray, gold: np.ndarray) -> float:
+    """Mean binary cross-entropy of sigmoid(logits) against 0/1 gold (overflow-free)."""
+    return float((np.logaddexp(0.0, logits) - gold * logits).mean())
+
+
+def _label_logits(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs, EPS, 1.0 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+@dataclass
+class LabelCalibration:
+    """One multi-label teacher's calibration, per label j: p -> sigmoid(logit(clip(p, EPS,
+    1 - EPS)) / temperature[j] + bias[j]); a label whose `fitted[j]` is False keeps p as it is."""
+
+    mode: str
+    temperature: np.ndarray  # (k,)
+    bias: np.ndarray  # (k,)
+    fitted: np.ndarray  # (k,) bool
+    n: int
+    nll_before: float  # mean per-label binary NLL on the anchor, over the fitted labels
+    nll_after: float
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities; NaN rows (no answer) stay NaN."""
+        probs = np.asarray(probs, dtype=float)
+        if probs.ndim != 2 or probs.shape[1] != len(self.bias):
+            raise DataError(f"calibration is for {len(self.bias)} labels but got an array of "
+                            f"shape {probs.shape}: apply it to the teacher it was fitted on")
+        out = probs.copy()
+        ok = ~np.isnan(probs).any(axis=1)
+        cols = np.flatnonzero(self.fitted)
+        if self.mode != "none" and cols.size and ok.any():
+            z = _label_logits(probs[np.ix_(ok, cols)])
+            out[np.ix_(ok, cols)] = _sigmoid(z / self.temperature[cols] + self.bias[cols])
+        return out
+
+    def to_dict(self, labels: list[str]) -> dict:
+        """JSON-ready, rounded; labels that were not fitted are listed."""
+        return {"mode": self.mode, "n": int(self.n),
+                "temperatures": [round(float(t), 6) for t in self.temperature],
+                "biases": [round(float(b), 6) for b in self.bias],
+                "labels_skipped": [lab for lab, f in zip(labels, self.fitted, strict=True)
+                                   if not f],
+                "nll_before": round(self.nll_before, 6), "nll_after": round(self.nll_after, 6)}
+
+
+def fit_label_calibration(probs: np.ndarray, gold: np.ndarray, mode: str) -> LabelCalibration:
+    """Fit a multi-label teacher's per-label calibration on anchor rows by binary NLL.
+
+    `probs` (n, k) independent probabilities, `gold` (n, k) 0/1; `mode` none | temperature |
+    temperature_bias (bounded Brent over log T; then L-BFGS-B over log T and a bias with the
+    same L2 penalty as single-label). A label with fewer than MIN_LABEL_ROWS positive or
+    negative rows is left as it is.
+    """
+    if mode not in ("none", "temperature", "temperature_bias"):
+        raise UsageError(f"unknown calibration {mode!r}: use none, temperature or "
+                         "temperature_bias")
+    probs = np.asarray(probs, dtype=float)
+    gold = np.asarray(gold, dtype=float)
+    if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape != gold.shape:
+        raise DataError(f"calibration needs (n, k) probabilities and gold of the same shape (got "
+                        f"{probs.shape} and {gold.shape}): pass the anchor rows' probabilities")
+    if not np.isfinite(probs).all():
+        raise DataError("calibration got NaN or infinite probabilities: pass only the anchor rows "
+                        "the teacher answered")
+    n, k = probs.shape
+    temperature, bias = np.ones(k), np.zeros(k)
+    pos = gold.sum(axis=0)
+    fitted = (pos >= MIN_LABEL_ROWS) & (n - pos >= MIN_LABEL_ROWS) & (mode != "none")
+    z_all = _label_logits(probs)
+    before, after = [], []
+    lo, hi = np.log(T_MIN), np.log(T_MAX)
+    for j in np.flatnonzero(fitted):
+        z, y = z_all[:, j], gold[:, j]
+        res = minimize_scalar(lambda u, z=z, y=y: _bce(z * np.exp(-u), y), bounds=(lo, hi),
+                              method="bounded", options={"xatol": 1e-6})
+        u, b = float(res.x), 0.0
+        if mode == "temperature_bias":
+            def objective(theta: np.ndarray, z=z, y=y) -> tuple[float, np.ndarray]:
+                inv_t, bj = np.exp(-theta[0]), theta[1]
+                s = z * inv_t + bj
+                resid = (_sigmoid(s) - y) / n
+                value = _bce(s, y) + 0.5 * BIAS_L2 * bj * bj / n
+                return value, np.array([float(-(resid * z).sum() * inv_t),
+                                        float(resid.sum() + BIAS_L2 * bj / n)])
+
+            fit = minimize(objective, np.array([u, 0.0]), jac=True, method="L-BFGS-B",
+                           bounds=[(lo, hi), (None, None)],
+                           options={"ftol": 1e-12, "gtol": 1e-8})
+            u, b = float(fit.x[0]), float(fit.x[1])
+        temperature[j], bias[j] = np.exp(u), b
+        before.append(_bce(z, y))
+        after.append(_bce(z / temperature[j] + b, y))
+    return LabelCalibration(mode, temperature, bias, fitted, n,
+                            float(np.mean(before)) if before else float("nan"),
+                            float(np.mean(after)) if after else float("nan"))
+
+
+def _check_teachers_multi(teacher_probs: list[np.ndarray], labels: list[str]) -> list[np.ndarray]:
+    """Float (n, k) arrays; an answered row's probabilities in [0, 1], a failed row all NaN."""
+    if not teacher_probs:
+        raise UsageError("aggregate needs at least one teacher's probabilities: annotate with a "
+                         "teacher first")
+    k = len(labels)
+    if k < 2 or len(set(labels)) != k:
+        raise DataError(f"labels must be at least 2 distinct names (got {labels!r}): fix the label "
+                        "set")
+    out = []
+    for j, p in enumerate(teacher_probs):
+        p = np.array(p, dtype=float)
+        if p.ndim != 2 or p.shape[1] != k:
+            raise DataError(f"teacher {j}'s probabilities must be an (n, {k}) array (got shape "
+                            f"{p.shape}): annotate every teacher with the same label set")
+        if out and p.shape[0] != out[0].shape[0]:
+            raise DataError(f"teacher {j} has {p.shape[0]} rows but teacher 0 has "
+                            f"{out[0].shape[0]}: align every teacher to the same texts")
+        nan = np.isnan(p)
+        if (nan.any(axis=1) & ~nan.all(axis=1)).any():
+            raise DataError(f"teacher {j} has rows that are partly NaN: a failed text must be a "
+                            "whole NaN row, an answered one all probabilities")
+        q = p[~nan.all(axis=1)]
+        if not np.isfinite(q).all() or (q < 0).any() or (q > 1).any():
+            raise DataError(f"teacher {j} has answered rows with values outside [0, 1]: pass one "
+                            "probability per label (multi_label)")
+        out.append(p)
+    return out
+
+
+def _check_anchor_multi(anchor_index: np.ndarray | None, anchor_gold: np.ndarray | None, n: int,
+                        k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    if anchor_index is None and anchor_gold is None:
+        return None
+    if anchor_index is None or anchor_gold is None:
+        raise UsageError("only one of anchor_index and anchor_gold was given: give both, or "
+                         "neither")
+    gold = np.asarray(anchor_gold, dtype=float)
+    if gold.ndim != 2 or gold.shape[1] != k or not np.isin(gold, (0.0, 1.0)).all():
+        raise DataError(f"multi-label anchor_gold must be an (m, {k}) matrix of 0/1 (got shape "
+                        f"{gold.shape}): build it with get_task('multi_label').targets(gold, "
+                        "labels)")
+    idx = np.asarray(anchor_index)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise DataError("anchor_index must be a 1-d array of integer row positions: pass the "
+                        "anchor rows' positions in the teachers' arrays")
+    if len(idx) != len(gold):
+        raise DataError(f"anchor_index has {len(idx)} rows but anchor_gold {len(gold)}: pass one "
+                        "gold row per anchor row")
+    if idx.size == 0:
+        return None
+    if idx.min() < 0 or idx.max() >= n or len(np.unique(idx)) != len(idx):
+        raise DataError(f"anchor_index must hold distinct positions in 0..{n - 1}: index the "
+                        "anchor into the same rows as the teachers, each once")
+    return idx.astype(int), gold
+
+
+def _binary_entropy(probs: np.ndarray) -> np.ndarray:
+    """Sum over labels of each label's binary entropy (nats); NaN rows stay NaN."""
+    p = np.clip(probs, 0.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+              + np.where(p < 1, (1 - p) * np.log(np.where(p < 1, 1 - p, 1.0)), 0.0))
+    h[np.isnan(probs)] = np.nan
+    return h.sum(axis=1)
+
+
+def _set_scores(probs: np.ndarray, gold: np.ndarray) -> dict:
+    """Per-label accuracy (`value`), exact match, micro-F1 and mean binary log-loss of probs
+    (decided at 0.5) against 0/1 gold."""
+    pred = probs >= 0.5
+    truth = gold > 0.5
+    tp = float((pred & truth).sum())
+    f1 = 2 * tp / max(float(pred.sum() + truth.sum()), 1.0)
+    return {"value": round(float((pred == truth).mean()), 6),
+            "exact_match": round(float((pred == truth).all(axis=1).mean()), 6),
+            "micro_f1": round(f1, 6),
+            "log_loss": round(_bce(_label_logits(probs), gold.astype(float)), 6)}
+
+
+def _aggregate_multi(teacher_probs: list[np.ndarray], labels: list[str], cfg: LabelModelConfig,
+                     anchor_index: np.ndarray | None, anchor_gold: np.ndarray | None,
+                     task: str) -> Aggregate:
+    """`aggregate` for multi-label: per-label calibration, then `first` or `mean` per label."""
+    cfg = resolve_method(cfg, len(teacher_probs), anchor_index is not None, task)
+    if cfg.method not in MULTI_LABEL_METHODS:
+        raise UsageError(f"label_model.method {cfg.method!r} does not support multi_label: use "
+                         f"{' or '.join(MULTI_LABEL_METHODS)} (or auto)")
+    probs = _check_teachers_multi(teacher_probs, labels)
+    n, k = probs[0].shape
+    anchor = _check_anchor_multi(anchor_index, anchor_gold, n, k)
+    answered = np.stack([~np.isnan(p).all(axis=1) for p in probs], axis=1)
+    calibrated, cal_info, teachers = [], [], []
+    for j, p in enumerate(probs):
+        mask = answered[anchor[0], j] if anchor is not None else np.zeros(0, bool)
+        rows = anchor[0][mask] if anchor is not None else np.zeros(0, int)
+        gold = anchor[1][mask] if anchor is not None else np.zeros((0, k))
+        cal, skipped = None, None
+        if cfg.calibration == "none":
+            skipped = "calibration is none"
+        elif anchor is None:
+            skipped = "no anchor given"
+        elif len(rows) < MIN_FIT_ROWS:
+            skipped = f"{len(rows)} answered anchor rows (< {MIN_FIT_ROWS})"
+        else:
+            cal = fit_label_calibration(p[rows], gold, cfg.calibration)
+            if not cal.fitted.any():
+                skipped = (f"no label has {MIN_LABEL_ROWS} positive and {MIN_LABEL_ROWS} "
+                           "negative answered anchor rows")
+                cal = None
+        q = cal.apply(p) if cal is not None else p
+        calibrated.append(q)
+        cal_info.append(cal.to_dict(labels) if cal is not None else {"skipped": skipped})
+        entry = {"answered": int(answered[:, j].sum()), "anchor_answered": int(len(rows))}
+        if len(rows):
+            entry["anchor_accuracy"] = _set_scores(p[rows], gold)["value"]
+            entry["anchor_accuracy_calibrated_in_sample"] = _set_scores(q[rows], gold)["value"]
+        teachers.append(entry)
+    fitted_cal = any("skipped" not in c for c in cal_info)
+    if cfg.method == "first":
+        out, specifics = _first(calibrated, answered)
+    else:
+        out, specifics = _mean(calibrated, answered), {}
+    has = answered.any(axis=1)
+    out[~has] = np.nan
+    out[has] = np.clip(out[has], 0.0, 1.0)
+    info = {
+        "method": cfg.method, "task": task, "labels": list(labels), "teachers_n": len(probs),
+        "rows": n, "rows_without_answer": int((~has).sum()),
+        "anchor_rows": 0 if anchor is None else int(len(anchor[0])),
+        "calibration": {"mode": cfg.calibration, "fitted": fitted_cal, "per": "label",
+                        "skipped": None if anchor is not None or cfg.calibration == "none"
+                        else "no anchor given: teachers used as they are",
+                        "teachers": cal_info},
+        "teachers": teachers,
+        cfg.method: specifics,
+    }
+    if anchor is not None and has[anchor[0]].any():
+        ok = has[anchor[0]]
+        scores = _set_scores(out[anchor[0][ok]], anchor[1][ok])
+        info["anchor_accuracy"] = {"kind": "in_sample" if fitted_cal else "unfitted",
+                                   "n": int(ok.sum()), **scores}
+    else:
+        info["anchor_accuracy"] = {"kind": "no anchor" if anchor is None else "unfitted",
+                                   "n": 0, "value": None, "log_loss": None}
+    return Aggregate(out, _binary_entropy(out), info)

@@ -39,11 +39,12 @@ from llmdistill.config import (
 )
 from llmdistill.data import frame_hash, load_dataset, text_hash
 from llmdistill.errors import DataError, UsageError
-from llmdistill.evaluate import evaluate_predictions, measure_speed, model_size
+from llmdistill.evaluate import evaluate_predictions, evaluate_sets, measure_speed, model_size
 from llmdistill.files import atomic_path
 from llmdistill.report import print_summary, write_html, write_report
 from llmdistill.student.model_card import update_metrics
 from llmdistill.student.record import StudentRecord
+from llmdistill.tasks import get_task
 from llmdistill.teachers import load_teacher
 
 console = Console(stderr=True)
@@ -51,7 +52,8 @@ console = Console(stderr=True)
 
 def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
                    cfg: TeacherConfig, cache_dir: Path, retry_failed: bool = False,
-                   engine: EngineConfig | None = None) -> tuple[pd.DataFrame, dict]:
+                   engine: EngineConfig | None = None,
+                   task: str = "single_label") -> tuple[pd.DataFrame, dict]:
     """Label `frame` with the configured teacher; returns the table and its manifest.
 
     `engine.name == "ray"`: the teacher runs as `engine.replicas` Ray actors and this process
@@ -64,13 +66,13 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
         from llmdistill.scale.annotate import RayTeacher
 
         start = time.perf_counter()
-        teacher = RayTeacher(cfg.spec, labels, demos, cfg, cache_dir, engine)
+        teacher = RayTeacher(cfg.spec, labels, demos, cfg, cache_dir, engine, task=task)
         labeller = teacher.label_stream
         console.print(f"{engine.replicas} replicas of {cfg.spec} ready on Ray "
                       f"({teacher.engine_info['address']}) in "
                       f"{time.perf_counter() - start:.1f} s")
     else:
-        teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir)
+        teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir, task=task)
     cache = AnnotationCache(cache_dir / "annotations.sqlite")
     try:
         start = time.perf_counter()
@@ -91,11 +93,13 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
                    "suffix": prompt.suffix if prompt else None},
         "demos": demos,
         "labels": labels,
+        "task": task,
         "texts": len(table),
         "data_hash": frame_hash(frame),
         "annotate_wall_seconds": wall,
         "seconds_per_text": float(np.mean(table["seconds"])),
         "tokens": int(table["tokens"].sum()),
+        "truncated": int(table["truncated"].sum()) if "truncated" in table else 0,
         "dollars": float(table["cost"].sum()),
         "dollars_per_1000": float(table["cost"].sum()) / max(len(table), 1) * 1000,
     }
@@ -105,9 +109,9 @@ def annotate_texts(frame: pd.DataFrame, labels: list[str], demos: list[dict],
 
 
 def estimate(frame: pd.DataFrame, labels: list[str], demos: list[dict], cfg: TeacherConfig,
-             cache_dir: Path) -> dict:
+             cache_dir: Path, task: str = "single_label") -> dict:
     """--dry-run: what labelling `frame` would cost, before spending anything (no requests)."""
-    teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir, dry_run=True)
+    teacher = load_teacher(cfg.spec, labels, demos, cfg, cache_dir, dry_run=True, task=task)
     try:
         return teacher.estimate(frame["text"].tolist())
     finally:
@@ -116,7 +120,8 @@ def estimate(frame: pd.DataFrame, labels: list[str], demos: list[dict], cfg: Tea
 
 def annotate_teachers(frame: pd.DataFrame, labels: list[str], demos: list[list[dict]],
                       cfgs: list[TeacherConfig], cache_dir: Path, retry_failed: bool = False,
-                      engine: EngineConfig | None = None) -> tuple[pd.DataFrame, dict]:
+                      engine: EngineConfig | None = None,
+                      task: str = "single_label") -> tuple[pd.DataFrame, dict]:
     """Label `frame` with every teacher (each its own cache key); one store and manifest.
 
     The store keeps each teacher's answers (`t{i}_…` columns); its top-level columns are the
@@ -130,10 +135,10 @@ def annotate_teachers(frame: pd.DataFrame, labels: list[str], demos: list[list[d
         if len(cfgs) > 1:
             console.print(f"teacher {i + 1} of {len(cfgs)}: {cfg.spec}")
         table, manifest = annotate_texts(frame, labels, rows, cfg, cache_dir, retry_failed,
-                                         engine)
+                                         engine, task=task)
         tables.append(table)
         manifests.append(manifest)
-    return merge_teachers(tables, labels), combined_manifest(manifests)
+    return merge_teachers(tables, labels, task=task), combined_manifest(manifests)
 
 
 def combined_manifest(manifests: list[dict]) -> dict:
@@ -145,7 +150,8 @@ def combined_manifest(manifests: list[dict]) -> dict:
     ids = [m["teacher"]["id"] for m in manifests]
     demos = list({d["id"]: d for m in manifests for d in m["demos"]}.values())
     return {
-        **{k: first[k] for k in ("labels", "texts", "data_hash")},
+        **{k: first[k] for k in ("labels", "texts", "data_hash") if k in first},
+        "task": first.get("task", "single_label"),
         "teacher": {"spec": " + ".join(m["teacher"]["spec"] for m in manifests),
                     "id": "+".join(ids), "teachers": len(manifests)},
         "teachers": [_teacher_record(m) for m in manifests],
@@ -154,12 +160,13 @@ def combined_manifest(manifests: list[dict]) -> dict:
         **{k: float(sum(m[k] for m in manifests)) for k in
            ("annotate_wall_seconds", "seconds_per_text", "dollars", "dollars_per_1000")},
         "tokens": int(sum(m["tokens"] for m in manifests)),
+        "truncated": int(sum(m.get("truncated", 0) for m in manifests)),
     }
 
 
 def _teacher_record(m: dict) -> dict:
-    keep = ("teacher", "prompt_hash", "prompt", "seconds_per_text", "tokens", "dollars",
-            "dollars_per_1000", "annotate_wall_seconds", "engine")
+    keep = ("teacher", "prompt_hash", "prompt", "seconds_per_text", "tokens", "truncated",
+            "dollars", "dollars_per_1000", "annotate_wall_seconds", "engine")
     return {k: m[k] for k in keep if k in m} | {"demos": [d["id"] for d in m["demos"]]}
 
 
@@ -193,28 +200,33 @@ def choose_anchor(store: pd.DataFrame, labels: list[str], cfg: StudentConfig,
 
 
 def aggregate_teachers(store: pd.DataFrame, labels: list[str], cfg: LabelModelConfig,
-                       anchor: pd.DataFrame | None, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+                       anchor: pd.DataFrame | None, seed: int = 0,
+                       task: str = "single_label") -> tuple[pd.DataFrame, dict]:
     """The label model over the store's teachers: one soft label and its entropy per row."""
     from llmdistill.label_model import aggregate, resolve_method
 
     if not teacher_count(store):  # a store written before several teachers existed
-        store = merge_teachers([store], labels)
+        store = merge_teachers([store], labels, task=task)
     probs = [teacher_probs(store, i, labels) for i in range(teacher_count(store))]
     index = gold = None
     if anchor is not None and len(anchor):
         position = {h: i for i, h in enumerate(store["text_hash"])}
         index = anchor["text_hash"].map(position).to_numpy(dtype=np.int64)
-        gold = anchor["gold"].map({lab: j for j, lab in enumerate(labels)}).to_numpy(np.int64)
-    cfg = resolve_method(cfg, len(probs), index is not None)
+        if get_task(task).exclusive:
+            gold = anchor["gold"].map({lab: j for j, lab in enumerate(labels)}).to_numpy(
+                np.int64)
+        else:
+            gold = get_task(task).targets(anchor["gold"].astype(str).tolist(), labels)
+    cfg = resolve_method(cfg, len(probs), index is not None, task=task)
     fallback = None
     if index is None and cfg.method == "stacked":  # nothing to fit it on: say so, don't fail
         fallback = ("no gold anchor (no gold labels in the training rows, anchor_size 0, and no "
                     "--anchor): label_model stacked fell back to mean")
         console.print(f"warning: {fallback}", style="yellow")
         cfg = cfg.model_copy(update={"method": "mean"})
-    agg = aggregate(probs, labels, cfg, index, gold, seed=seed)
+    agg = aggregate(probs, labels, cfg, index, gold, seed=seed, task=task)
     info = agg.info if fallback is None else {**agg.info, "fallback": fallback}
-    return set_aggregate(store, agg.probs, agg.entropy, labels), info
+    return set_aggregate(store, agg.probs, agg.entropy, labels, task=task), info
 
 
 def flag_teacher_errors(store: pd.DataFrame, labels: list[str], cfg: RunConfig,
@@ -298,10 +310,11 @@ def train(annotations: pd.DataFrame, labels: list[str], cfg: StudentConfig, out_
 def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: EvaluateConfig,
              teacher_annotations: pd.DataFrame | None = None,
              teacher_manifest: dict | None = None, out_dir: Path | None = None,
-             curve_thresholds: list[float] | None = None) -> dict:
+             curve_thresholds: list[float] | None = None, task: str | None = None) -> dict:
     """Teacher vs gold, student vs gold, student vs teacher on the same gold texts.
 
     `curve_thresholds`: the cascade curve's thresholds (the run's `serve.curve_thresholds`).
+    `task`: the gold's task type, when known; a student of another task is refused.
     """
     from llmdistill.student.predict import StudentClassifier
 
@@ -309,6 +322,10 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
     record = StudentRecord.load_if_present(student_dir)
     if student.labels != labels:
         raise_labels(student.labels, labels)
+    student_task = getattr(student, "task", "single_label")
+    if task is not None and task != student_task:
+        raise_task(student_task, task)
+    exclusive = get_task(student_task).exclusive
     texts = gold["text"].tolist()
     probs = student.predict_proba(texts, batch_size=cfg.speed_batch, progress=True)
     speed_texts = texts[: cfg.speed_texts]
@@ -343,18 +360,23 @@ def evaluate(student_dir: Path, gold: pd.DataFrame, labels: list[str], cfg: Eval
                         "annotations_data_hash": (teacher_manifest or {}).get("data_hash"),
                         "split": (teacher_manifest or {}).get("data"),
                         "demos": [d["id"] for d in (teacher_manifest or {}).get("demos", [])]}
-    metrics = evaluate_predictions(gold, teacher_df, probs, labels, cfg, info)
-    if teacher_df is not None and teacher_count(teacher_df):
+    if not exclusive:
+        metrics = evaluate_sets(gold, teacher_df, probs, labels, cfg, info,
+                                thresholds=getattr(student, "thresholds", None))
+    else:
+        metrics = evaluate_predictions(gold, teacher_df, probs, labels, cfg, info)
+    if exclusive and teacher_df is not None and teacher_count(teacher_df):
         metrics["teachers"] = _teachers_section(gold, teacher_df, probs, labels, cfg,
                                                 teacher_manifest or {})
-    if teacher_df is not None:  # what deferring unsure texts to the teacher would give
+    if exclusive and teacher_df is not None:  # what deferring unsure texts to the teacher gives
         metrics["cascade"] = curve_for_report(probs, teacher_df, gold, labels, teacher_manifest,
                                               info["student"]["speed"],
                                               thresholds=curve_thresholds)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         preds = gold[["id", "text", "label"]].rename(columns={"label": "gold"}).copy()
-        preds["student"] = [labels[i] for i in probs.argmax(1)]
+        preds["student"] = get_task(student_task).decide(
+            probs, labels, getattr(student, "thresholds", None))
         for j, lab in enumerate(labels):
             preds[f"student_prob_{lab}"] = probs[:, j]
         if teacher_df is not None:
@@ -409,6 +431,11 @@ def align_teacher(gold: pd.DataFrame, annotations: pd.DataFrame) -> pd.DataFrame
     return t
 
 
+def raise_task(student_task: str, task: str) -> None:
+    raise UsageError(f"the student is a {student_task} classifier but the data is {task}: "
+                     f"train a {task} student on this data (data.task {task})")
+
+
 def raise_labels(student_labels: list[str], labels: list[str]) -> None:
     raise UsageError(f"the student predicts {student_labels} but the data's labels are "
                      f"{labels}: evaluate on data with the student's label set")
@@ -435,21 +462,23 @@ def run(cfg: RunConfig) -> dict:
 
     console.rule("1/4 data")
     ds = load_dataset(cfg.data)
-    labels = ds.labels
-    demos = [demos_for(ds.splits["train"], labels, t) for t in teachers]
+    labels, task = ds.labels, ds.task
+    refuse_for_multi_label(cfg, task)
+    demos = [demos_for(ds.splits["train"], labels, t, task=task) for t in teachers]
     shown = [d for rows in demos for d in rows]
     frame = pd.concat([without_demos(df, shown).assign(split=name)
                        for name, df in ds.splits.items()], ignore_index=True)
-    console.print(f"{ds.manifest['used_split_sizes']} texts from {cfg.data.source}; "
+    console.print(f"{ds.manifest['used_split_sizes']} texts from {cfg.data.source}; {task}; "
                   f"labels {labels}; {len({d['id'] for d in shown})} demos from train")
 
     console.rule("2/4 teacher" + ("s" if len(teachers) > 1 else ""))
     store, manifest = annotate_teachers(frame, labels, demos, teachers, cache_dir,
-                                        engine=cfg.engine)
+                                        engine=cfg.engine, task=task)
     manifest["data"] = ds.manifest
+    manifest["task"] = task
     anchor = choose_anchor(store, labels, cfg.student, cfg.anchor)
     store, manifest["label_model"] = aggregate_teachers(store, labels, cfg.label_model, anchor,
-                                                        seed=cfg.student.seed)
+                                                        seed=cfg.student.seed, task=task)
     store, manifest["confident"] = flag_teacher_errors(store, labels, cfg, anchor)
     store, manifest["hidden_states"] = with_hidden_states(store, cfg)
     manifest["anchor"] = {"rows": 0 if anchor is None else len(anchor),
@@ -466,7 +495,7 @@ def run(cfg: RunConfig) -> dict:
     if matching_student(student_dir, key):
         console.print(f"reusing {student_dir}: same annotations and student settings")
     else:
-        record = {"run_key": key, "teacher": manifest["teacher"],
+        record = {"run_key": key, "task": task, "teacher": manifest["teacher"],
                   "prompt_hash": manifest["prompt_hash"], "data": ds.manifest}
         result = train(store[store["split"] != "test"], labels, cfg.student, student_dir,
                        record, overwrite=True, anchor=anchor)
@@ -478,11 +507,24 @@ def run(cfg: RunConfig) -> dict:
     console.rule("4/4 evaluation")
     test = without_demos(ds.splits["test"], shown)
     metrics = evaluate(student_dir, test, labels, cfg.evaluate, store, manifest, out_dir=out,
-                       curve_thresholds=cfg.serve.curve_thresholds)
+                       curve_thresholds=cfg.serve.curve_thresholds, task=task)
     update_metrics(student_dir, card_metrics(metrics))
     print_summary(metrics, Console())
     console.print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return metrics
+
+
+def refuse_for_multi_label(cfg: RunConfig, task: str) -> None:
+    """The steps that assume one exclusive label per text, refused up front for multi-label."""
+    if get_task(task).exclusive:
+        return
+    used = [name for name, on in (("confident (confident.action)", cfg.confident.action != "off"),
+                                  ("self_training (self_training.rounds)",
+                                   cfg.self_training.rounds > 0))
+            if on]
+    if used:
+        raise UsageError(f"{' and '.join(used)} support single_label tasks only: turn "
+                         f"{'them' if len(used) > 1 else 'it'} off for this multi_label run")
 
 
 def _self_train(store: pd.DataFrame, ds, labels: list[str], cfg: RunConfig, student_dir: Path,
@@ -501,6 +543,14 @@ def _self_train(store: pd.DataFrame, ds, labels: list[str], cfg: RunConfig, stud
 def card_metrics(metrics: dict) -> dict:
     """The few numbers the model card shows: test accuracy and macro-F1 with intervals."""
     out: dict = {"test_texts": metrics["n"]}
+    if metrics.get("task") == "multi_label":
+        for who in ("student", "teacher"):
+            if m := metrics.get(who):
+                out[f"{who}_micro_f1"] = m["micro_f1"]
+                out[f"{who}_macro_f1"] = m["macro_f1"]
+        if c := metrics.get("student_vs_teacher"):
+            out["agreement_with_teacher"] = c["agreement"]
+        return out
     for who in ("student", "teacher"):
         if m := metrics.get(who):
             out[f"{who}_accuracy"] = m["accuracy"]

@@ -198,10 +198,12 @@ def _read_shards(batch: dict[str, np.ndarray], text_column: str,
 
 
 def prediction_frame(ids: list[str], texts: list[str], probs: np.ndarray,
-                     labels: list[str]) -> pd.DataFrame:
-    """The columns `write_predictions` writes to Parquet: id, text, label, prob_<label>."""
+                     labels: list[str], decided: list[str] | None = None) -> pd.DataFrame:
+    """The columns `write_predictions` writes to Parquet: id, text, label, prob_<label>.
+    `decided`: the classifier's answers (multi-label sets); None: the argmax label."""
     frame = pd.DataFrame({"id": ids, "text": texts,
-                          "label": [labels[i] for i in probs.argmax(axis=1)]})
+                          "label": decided if decided is not None
+                          else [labels[i] for i in probs.argmax(axis=1)]})
     for j, lab in enumerate(labels):
         frame[f"prob_{lab}"] = np.round(probs[:, j].astype(np.float64), 6)
     return frame
@@ -237,7 +239,7 @@ class StudentReplica:
         texts = batch["text"].tolist()
         probs = self.classifier.predict_proba(texts, batch_size=self.batch_size)
         return prediction_frame(batch["id"].astype(str).tolist(), texts, probs,
-                                self.classifier.labels)
+                                self.classifier.labels, self.classifier.decide(probs))
 
 
 def backend_for(student_dir: Path, backend: str = "auto") -> str:

@@ -44,11 +44,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmdistill import __version__
-from llmdistill.cascade import student_answers
+from llmdistill.cascade import labels_sure, student_answers
 from llmdistill.config import ServeConfig
 from llmdistill.data import clean_text
 from llmdistill.errors import UsageError
 from llmdistill.student.record import StudentRecord
+from llmdistill.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +60,18 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"texts": ["what a lovely flight", "my bag is lost again"]}]})
     texts: list[StrictStr] = Field(description="texts to classify, in order")
+    task: Literal["single_label", "multi_label"] | None = Field(
+        None, description="the task the caller expects; a student of another task answers 422")
 
 
 class TextResult(BaseModel):
     """One text's answer."""
 
-    label: str
-    probs: dict[str, float] = Field(description="probability of each label")
+    label: str = Field(description="the label; for a multi_label student its label set "
+                                   "joined by '|' ('' when none applies)")
+    labels: list[str] | None = Field(None, description="multi_label: the labels that apply")
+    probs: dict[str, float] = Field(description="probability of each label (multi_label: "
+                                                "that it applies, independently)")
     answered_by: Literal["student", "teacher"]
     teacher_status: str | None = Field(
         None, description="set when the teacher was asked but gave no usable answer (the "
@@ -293,11 +299,16 @@ def create_app(student: Any, cfg: ServeConfig | None = None, teacher: Any | None
     """
     cfg = cfg or ServeConfig()
     labels: list[str] = list(student.labels)
+    task = get_task(getattr(student, "task", "single_label"))
+    thresholds = getattr(student, "thresholds", None)
     cascade = CascadeTeacher(teacher, teacher_name or getattr(teacher, "id", "teacher")) \
         if teacher is not None else None
     if teacher is not None and list(teacher.labels) != labels:
         raise UsageError(f"the cascade teacher's labels {teacher.labels} differ from the "
                          f"student's {labels}: load the teacher with the student's labels")
+    if teacher is not None and getattr(teacher, "task", "single_label") != task.name:
+        raise UsageError(f"the cascade teacher labels {teacher.task} but the student is "
+                         f"{task.name}: load the teacher with task={task.name!r}")
     batcher = MicroBatcher(lambda texts: student.predict_proba(texts, batch_size=cfg.batch_texts),
                            cfg.batch_texts, cfg.batch_wait_ms / 1000)
     stats = {"requests": 0, "texts": 0, "teacher_texts": 0, "started": time.time()}
@@ -357,7 +368,7 @@ def create_app(student: Any, cfg: ServeConfig | None = None, teacher: Any | None
         if not request.scope.get(AUTHENTICATED, True):
             return {"status": "ok", "version": __version__}
         return {"status": "ok", "model": model_name, "backend": student.backend,
-                "labels": labels, "version": __version__,
+                "labels": labels, "task": task.name, "version": __version__,
                 "limits": {"max_texts": cfg.max_texts, "max_chars": cfg.max_chars,
                            "max_body_bytes": cfg.max_body_bytes},
                 "cascade": {"teacher": cascade.name, "threshold": cfg.cascade_threshold}
@@ -369,17 +380,23 @@ def create_app(student: Any, cfg: ServeConfig | None = None, teacher: Any | None
               summary="Classify texts")
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
         texts = body.texts
+        if body.task is not None and body.task != task.name:
+            raise ApiError(422, "wrong_task", f"this student is a {task.name} classifier but "
+                           f"the request asks for {body.task}: send the request to a "
+                           f"{body.task} student, or drop `task`")
         _check_limits(texts, cfg)
         probs = await batcher.submit(texts)
-        results = [_result(p, labels, "student") for p in probs]
+        results = [_result(p, labels, "student", task, thresholds) for p in probs]
         if cascade is not None:
-            unsure = np.flatnonzero(~student_answers(probs, cfg.cascade_threshold))
+            sure = (student_answers(probs, cfg.cascade_threshold) if task.exclusive
+                    else labels_sure(probs, cfg.cascade_threshold))
+            unsure = np.flatnonzero(~sure)
             if len(unsure):
                 answers = await cascade.label([texts[i] for i in unsure])
                 stats["teacher_texts"] += len(unsure)
                 for i, ann in zip(unsure, answers, strict=True):
                     if ann.status == "ok" and ann.probs is not None:
-                        results[i] = _result(np.asarray(ann.probs), labels, "teacher")
+                        results[i] = _result(np.asarray(ann.probs), labels, "teacher", task)
                     else:
                         results[i].teacher_status = ann.status
         stats["requests"] += 1
@@ -423,9 +440,14 @@ def _validation_response(errors: list[dict]) -> JSONResponse:
                   "object whose texts is a list of strings")
 
 
-def _result(p: np.ndarray, labels: list[str], who: str) -> TextResult:
-    return TextResult(label=labels[int(np.argmax(p))], answered_by=who,
-                      probs={lab: round(float(x), 6) for lab, x in zip(labels, p, strict=True)})
+def _result(p: np.ndarray, labels: list[str], who: str, task: Task,
+            thresholds: Any = None) -> TextResult:
+    """One text's answer; the teacher's multi-label sets use 0.5 (its store's rule), the
+    student's its tuned thresholds."""
+    probs = {lab: round(float(x), 6) for lab, x in zip(labels, p, strict=True)}
+    label = task.decide(np.asarray(p)[None, :], labels, thresholds)[0]
+    return TextResult(label=label, labels=None if task.exclusive else task.split(label),
+                      answered_by=who, probs=probs)
 
 
 def _document_bearer(app: FastAPI) -> None:
@@ -546,12 +568,14 @@ def app_from_folder(student_dir: Path, cfg: ServeConfig, run_cfg: Any | None = N
     student = StudentClassifier.load(student_dir, threads=cfg.threads, backend=cfg.backend)
     teacher = None
     if cfg.cascade_teacher:
-        teacher = load_cascade_teacher(cfg.cascade_teacher, student.labels, run_cfg, demos)
+        teacher = load_cascade_teacher(cfg.cascade_teacher, student.labels, run_cfg, demos,
+                                       task=student.task)
     return create_app(student, cfg, teacher, cfg.cascade_teacher, model_name(student_dir),
                       api_key)
 
 
-def load_cascade_teacher(spec: str, labels: list[str], run_cfg: Any, demos: str | None) -> Any:
+def load_cascade_teacher(spec: str, labels: list[str], run_cfg: Any, demos: str | None,
+                         task: str = "single_label") -> Any:
     """`load_teacher` with few-shot demos drawn as `annotate` draws them."""
     from llmdistill.annotate import demos_for
     from llmdistill.config import TWEET_LABELS
@@ -562,5 +586,6 @@ def load_cascade_teacher(spec: str, labels: list[str], run_cfg: Any, demos: str 
     if demos is None:
         logger.warning("cascade teacher %s runs zero-shot: pass --demos DATA for few-shot "
                        "demonstrations (they matter for accuracy)", spec)
-    rows = demos_for(demos, labels, run_cfg.teacher, run_cfg.data)
-    return load_teacher(spec, labels, rows, run_cfg.teacher, run_cfg.resolved_cache_dir())
+    rows = demos_for(demos, labels, run_cfg.teacher, run_cfg.data, task=task)
+    return load_teacher(spec, labels, rows, run_cfg.teacher, run_cfg.resolved_cache_dir(),
+                        task=task)

@@ -55,11 +55,11 @@ class TeacherReplica:
     """
 
     def __init__(self, spec: str, labels: list[str], demos: list[dict], cfg: TeacherConfig,
-                 cache_dir: Path | None) -> None:
+                 cache_dir: Path | None, task: str = "single_label") -> None:
         self.teacher: Teacher | None = None
         self.error: str | None = None
         try:
-            self.teacher = load_teacher(spec, labels, demos, cfg, cache_dir)
+            self.teacher = load_teacher(spec, labels, demos, cfg, cache_dir, task=task)
         except UsageError as e:
             self.error = str(e)
         except Exception as e:  # a backend's own failure: its type and first line
@@ -97,7 +97,7 @@ class RayTeacher(Teacher):
 
     def __init__(self, spec: str, labels: list[str], demos: list[dict], cfg: TeacherConfig,
                  cache_dir: Path | None, engine: EngineConfig,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, task: str = "single_label") -> None:
         parse_spec(spec)  # a malformed spec fails here, before any cluster is touched
         self.engine = engine
         self.actors: list[Any] = []
@@ -109,7 +109,8 @@ class RayTeacher(Teacher):
                 num_cpus=engine.cpus_per_replica, max_restarts=engine.max_restarts,
                 max_task_retries=-1, scheduling_strategy="SPREAD")
             rcfg = replica_config(cfg, engine)
-            self.actors = [actor.remote(spec, labels, demos, rcfg, cache_dir)
+            self.task = task
+            self.actors = [actor.remote(spec, labels, demos, rcfg, cache_dir, task)
                            for _ in range(engine.replicas)]
             described = self._get([a.describe.remote() for a in self.actors], "loading")
             self._adopt(described, spec)

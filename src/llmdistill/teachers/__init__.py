@@ -12,6 +12,7 @@ from pathlib import Path
 from llmdistill import assets
 from llmdistill.config import TeacherConfig
 from llmdistill.errors import TeacherError
+from llmdistill.tasks import get_task
 from llmdistill.teachers.base import STATUSES, Annotation, Teacher
 from llmdistill.teachers.registry import BACKENDS, TeacherRequest, register, unregister
 
@@ -50,16 +51,24 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def load_teacher(spec: str, labels: list[str], demos: list[dict], cfg: TeacherConfig,
-                 cache_dir: Path | None, dry_run: bool = False) -> Teacher:
+                 cache_dir: Path | None, dry_run: bool = False,
+                 task: str = "single_label") -> Teacher:
     """Build the teacher named by `spec`, with its prompt rendered and prefix evaluated.
 
     `dry_run=True`: the teacher will only `estimate()`, so API backends send no request.
+    `task`: `single_label` or `multi_label` (llmdistill.tasks); a backend whose teacher does not
+    answer that task is refused in one line.
     """
+    get_task(task)  # an unknown task fails here, before anything is loaded
     name, target = parse_spec(spec)
-    request = TeacherRequest(target, labels, demos, cfg, cache_dir, dry_run)
-    if name == "embedded":
-        return _load_embedded(request)
-    return BACKENDS[name].load(request)
+    request = TeacherRequest(target, labels, demos, cfg, cache_dir, dry_run, task)
+    teacher = _load_embedded(request) if name == "embedded" else BACKENDS[name].load(request)
+    if getattr(teacher, "task", "single_label") != task:
+        teacher.close()
+        raise TeacherError(f"the {name!r} teacher backend answers "
+                           f"{getattr(teacher, 'task', 'single_label')}, not {task}: use an "
+                           "llamacpp:, hf:, openai: or replay: teacher (or an embedded one)")
+    return teacher
 
 
 def _load_embedded(request: TeacherRequest) -> Teacher:
@@ -72,6 +81,7 @@ def _load_embedded(request: TeacherRequest) -> Teacher:
     if importlib.util.find_spec("llama_cpp") is None:  # no compiler: transformers reads GGUF
         from llmdistill.teachers.hf import HFTeacher
         return HFTeacher(str(path), request.labels, request.demos, request.cfg,
-                         teacher_id=f"hf:{path.name}")
+                         teacher_id=f"hf:{path.name}", task=request.task)
     from llmdistill.teachers.llamacpp import LlamaCppTeacher
-    return LlamaCppTeacher(path, request.target, request.labels, request.demos, request.cfg)
+    return LlamaCppTeacher(path, request.target, request.labels, request.demos, request.cfg,
+                           task=request.task)

@@ -20,7 +20,8 @@ from llmdistill.teachers.registry import TeacherRequest
 
 def from_spec(request: TeacherRequest) -> HFTeacher:
     """`hf:ID_OR_PATH` → a transformers teacher (a hub id, a model folder or a GGUF file)."""
-    return HFTeacher(request.target, request.labels, request.demos, request.cfg)
+    return HFTeacher(request.target, request.labels, request.demos, request.cfg,
+                     task=request.task)
 
 
 def hf_teacher_id(model_id: str) -> str:
@@ -39,11 +40,13 @@ def hf_teacher_id(model_id: str) -> str:
 class HFTeacher(PrefixScorer):
     """Label scoring with `AutoModelForCausalLM`; `trust_remote_code` is never enabled.
 
-    `teacher_id` overrides the cache identity (default `hf_teacher_id(model_id)`).
+    `teacher_id` overrides the cache identity (default `hf_teacher_id(model_id)`); `task`
+    `multi_label` asks one yes/no question per label (see `PrefixScorer`).
     """
 
     def __init__(self, model_id: str, labels: list[str], demos: list[dict],
-                 cfg: TeacherConfig, teacher_id: str | None = None) -> None:
+                 cfg: TeacherConfig, teacher_id: str | None = None,
+                 task: str = "single_label") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.cache_utils import DynamicCache
 
@@ -68,7 +71,7 @@ class HFTeacher(PrefixScorer):
             raise TeacherError(f"teacher {model_id!r} has no chat template: use an "
                                "instruction-tuned model")
         prompt = render_prompt(cfg, labels, demos, lambda m: self.tok.apply_chat_template(
-            m, tokenize=False, add_generation_prompt=True))
+            m, tokenize=False, add_generation_prompt=True), task=task)
         self._cache_cls = DynamicCache
         self._cache = DynamicCache()
         self._n = 0
@@ -76,7 +79,8 @@ class HFTeacher(PrefixScorer):
         self.info = {"backend": "transformers", "model": model_id, "dtype": "float32",
                      "decoding": "label scoring: next-token probabilities, no sampling",
                      "parameters": sum(p.numel() for p in self.model.parameters())}
-        super().__init__(labels, prompt, cfg.max_text_chars)
+        super().__init__(labels, prompt, cfg.max_text_chars, max_text_tokens=cfg.max_text_tokens,
+                         n_ctx=cfg.n_ctx)
         self.info.update(prefix_tokens=len(self._prefix), whole_sequences=self.whole_sequences)
 
     def _tokenize(self, text: str, special: bool, bos: bool = False) -> list[int]:

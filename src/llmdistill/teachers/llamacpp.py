@@ -23,7 +23,8 @@ __all__ = ["LlamaCppTeacher", "file_fingerprint", "from_spec"]
 def from_spec(request: TeacherRequest) -> LlamaCppTeacher:
     """`llamacpp:PATH.gguf` → a teacher named by the file's stem (its id adds a fingerprint)."""
     path = Path(request.target).expanduser()
-    return LlamaCppTeacher(path, path.stem, request.labels, request.demos, request.cfg)
+    return LlamaCppTeacher(path, path.stem, request.labels, request.demos, request.cfg,
+                           task=request.task)
 
 
 def open_llama(model_path: Path, cfg: TeacherConfig, **kwargs) -> tuple[ModuleType, Any]:
@@ -56,7 +57,7 @@ class LlamaCppTeacher(PrefixScorer):
     """
 
     def __init__(self, model_path: Path, name: str, labels: list[str], demos: list[dict],
-                 cfg: TeacherConfig) -> None:
+                 cfg: TeacherConfig, task: str = "single_label") -> None:
         self._lib, self.llm = open_llama(model_path, cfg, logits_all=False)
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # installed: checked above
 
@@ -68,7 +69,7 @@ class LlamaCppTeacher(PrefixScorer):
         eos = self.llm.detokenize([self.llm.token_eos()]).decode("utf-8", "ignore")
         bos = self.llm.detokenize([self.llm.token_bos()]).decode("utf-8", "ignore")
         fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        prompt = render_prompt(cfg, labels, demos, lambda m: fmt(messages=m).prompt)
+        prompt = render_prompt(cfg, labels, demos, lambda m: fmt(messages=m).prompt, task=task)
         self._n_vocab = self.llm.n_vocab()
         fingerprint = file_fingerprint(model_path)
         self.id = f"llamacpp:{name}@{fingerprint}"
@@ -77,7 +78,12 @@ class LlamaCppTeacher(PrefixScorer):
                      "parameters": int(self._lib.llama_model_n_params(self.llm.model)),
                      "decoding": "label scoring: next-token probabilities, no sampling",
                      "llama_cpp_python": self._lib.__version__}
-        super().__init__(labels, prompt, cfg.max_text_chars)
+        try:
+            super().__init__(labels, prompt, cfg.max_text_chars,
+                             max_text_tokens=cfg.max_text_tokens, n_ctx=cfg.n_ctx)
+        except TeacherError:
+            self.llm.close()
+            raise
         self.info.update(prefix_tokens=len(self._prefix), whole_sequences=self.whole_sequences)
 
     def _tokenize(self, text: str, special: bool, bos: bool = False) -> list[int]:

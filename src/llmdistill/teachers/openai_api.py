@@ -8,6 +8,11 @@ Three ways to get class probabilities, recorded per row in the ledger (`raw["met
 - `reasoning`: a brief rationale then `{"reason", "label"}` (JSON schema where the server takes
   it, tolerant parsing otherwise); k samples give self-consistency probabilities.
 
+Multi-label (`task="multi_label"`): `logprobs` asks one yes/no question per label (k requests a
+text, each reading the first token's top logprobs: probs[j] = P(yes) / (P(yes) + P(no)));
+`votes` and `reasoning` ask for a JSON list of the labels that apply, and probs[j] is the share of
+the samples naming label j.
+
 The official SDK's async client does the HTTP, with its retries (exponential backoff with
 jitter, `Retry-After` honoured) on 429, 5xx, timeouts and dropped connections. The API key is
 read from the environment when the teacher is built and never written anywhere.
@@ -26,8 +31,16 @@ from urllib.parse import urlparse
 
 from llmdistill.config import ApiConfig, TeacherConfig
 from llmdistill.errors import TeacherError
+from llmdistill.tasks import get_task
 from llmdistill.teachers.base import Annotation, Teacher
-from llmdistill.teachers.prompts import Prompt, build_messages, system_message
+from llmdistill.teachers.prompts import (
+    LIST,
+    YES_NO,
+    Prompt,
+    build_messages,
+    label_questions,
+    system_message,
+)
 from llmdistill.teachers.registry import TeacherRequest
 
 # $ per million input / output tokens, list prices on 2026-11-01; override in the config.
@@ -60,7 +73,7 @@ def parse_openai_spec(target: str) -> tuple[str, str]:
 def from_spec(request: TeacherRequest) -> OpenAITeacher:
     """`openai:MODEL@BASE_URL` → a teacher; a dry run skips the preflight (sends nothing)."""
     return OpenAITeacher(request.target, request.labels, request.demos, request.cfg,
-                         preflight=not request.dry_run)
+                         preflight=not request.dry_run, task=request.task)
 
 
 def is_loopback(url: str) -> bool:
@@ -72,6 +85,41 @@ def parse_label(text: str, labels: list[str]) -> str | None:
     lower = {lab.lower(): lab for lab in labels}
     named = {lower[w] for w in re.findall(r"[\w-]+", text.lower()) if w in lower}
     return named.pop() if len(named) == 1 else None
+
+
+def parse_label_list(reply: str, labels: list[str]) -> tuple[list[str] | None, list[str]]:
+    """(the labels a reply's JSON list names, in label order, or None when it holds no list of
+    strings; the names outside the label set). A dict with a `labels` list counts too."""
+    match = re.search(r"\[.*?\]", reply, re.DOTALL)
+    obj = None
+    if "{" in reply:
+        try:
+            obj = json.loads(reply[reply.index("{"): reply.rindex("}") + 1]).get("labels")
+        except (ValueError, AttributeError):
+            obj = None
+    if obj is None and match:
+        try:
+            obj = json.loads(match.group(0))
+        except json.JSONDecodeError:
+            obj = None
+    if not isinstance(obj, list) or not all(isinstance(v, str) for v in obj):
+        return None, []
+    lower = {lab.lower(): lab for lab in labels}
+    found = {lower[v.strip().lower()] for v in obj if v.strip().lower() in lower}
+    unknown = [v for v in obj if v.strip() and v.strip().lower() not in lower]
+    return [lab for lab in labels if lab in found], unknown
+
+
+def yes_no_mass(top_logprobs: list) -> tuple[float, float]:
+    """P(yes) and P(no) from one token's top logprobs, spellings (" Yes", "no", …) pooled."""
+    yes = no = 0.0
+    for tl in top_logprobs:
+        tok = tl.token.strip().lower()
+        if tok == "yes":
+            yes += math.exp(tl.logprob)
+        elif tok == "no":
+            no += math.exp(tl.logprob)
+    return yes, no
 
 
 class _RateLimiter:
@@ -100,7 +148,7 @@ class OpenAITeacher(Teacher):
     """Label probabilities from a chat-completions endpoint, concurrently and politely."""
 
     def __init__(self, target: str, labels: list[str], demos: list[dict],
-                 cfg: TeacherConfig, preflight: bool = True) -> None:
+                 cfg: TeacherConfig, preflight: bool = True, task: str = "single_label") -> None:
         import openai
         from openai.types.chat import ChatCompletion
 
@@ -114,6 +162,11 @@ class OpenAITeacher(Teacher):
             key = "no-key"  # local servers (vLLM, llama.cpp) take any key
         self._secret = key
         self.labels, self.cfg, self.demos = labels, cfg, demos
+        self.task = task
+        self.multi = not get_task(task).exclusive
+        # multi-label: logprobs asks yes/no per label, votes/reasoning ask for a JSON list
+        self._style = YES_NO if cfg.api.mode == "logprobs" else LIST
+        self._questions = label_questions(cfg, labels) if self.multi else []
         self._openai, self._completion = openai, ChatCompletion
         self._loop = asyncio.new_event_loop()
         self.api = cfg.api
@@ -133,7 +186,10 @@ class OpenAITeacher(Teacher):
         decoding = {"mode": self.api.mode, "top_logprobs": self.api.top_logprobs,
                     "samples": self.api.samples, "temperature": self.api.sample_temperature,
                     "reasoning_max_tokens": self.api.reasoning_max_tokens}
-        messages = build_messages(cfg, labels, demos, "")
+        messages = build_messages(cfg, labels, demos, "", task, style=self._style)
+        if self.multi:  # single-label hashes stay those of earlier versions
+            decoding = {**decoding, "task": task, "questions": self._questions
+                        if self._style == YES_NO else None}
         blob = json.dumps([messages, decoding], sort_keys=True)
         self.prompt_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
         # what the manifest records: the chat messages sent before each text (the text is last)
@@ -144,7 +200,7 @@ class OpenAITeacher(Teacher):
                      "base_url": self.base_url, "decoding": decoding,
                      "price_per_million": {"input": self.price_in, "output": self.price_out},
                      "concurrency": self.api.concurrency}
-        self.prompt_chars = len(system_message(cfg, labels)) + sum(
+        self.prompt_chars = len(system_message(cfg, labels, task, self._style)) + sum(
             len(d["text"]) + 20 for d in demos)
         if preflight:
             try:
@@ -199,7 +255,14 @@ class OpenAITeacher(Teacher):
         calls = 1 if self.api.mode == "logprobs" else self.api.samples
         out_tokens = {"logprobs": 1, "votes": 3,
                       "reasoning": self.api.reasoning_max_tokens // 2}[self.api.mode]
-        tin = sum((self.prompt_chars + len(t)) / CHARS_PER_TOKEN for t in texts) * calls
+        question = 0
+        if self.multi and self.api.mode == "logprobs":  # one yes/no request per label
+            calls = len(self.labels)
+            question = sum(map(len, self._questions)) / max(len(self._questions), 1)
+        elif self.multi and self.api.mode == "votes":
+            out_tokens = self._list_tokens() // 2
+        tin = sum((self.prompt_chars + question + len(t)) / CHARS_PER_TOKEN
+                  for t in texts) * calls
         tout = out_tokens * calls * len(texts)
         dollars = None
         if self.price_in is not None and self.price_out is not None:
@@ -218,11 +281,18 @@ class OpenAITeacher(Teacher):
 
     async def _one(self, text: str) -> Annotation:
         start = time.perf_counter()
-        messages = build_messages(self.cfg, self.labels, self.demos,
-                                  text[: self.cfg.max_text_chars])
+        cut = text[: self.cfg.max_text_chars]
+        messages = build_messages(self.cfg, self.labels, self.demos, cut, self.task,
+                                  style=self._style)
         usage = {"input": 0, "output": 0}
         try:
-            if self.api.mode == "logprobs":
+            if self.multi and self.api.mode == "logprobs":
+                ann = await self._multi_by_logprobs(cut, usage)
+            elif self.multi and self.api.mode == "votes":
+                ann = await self._multi_by_votes(messages, usage)
+            elif self.multi:
+                ann = await self._multi_by_reasoning(messages, usage)
+            elif self.api.mode == "logprobs":
                 ann = await self._by_logprobs(messages, usage)
             elif self.api.mode == "votes":
                 ann = await self._by_votes(messages, usage)
@@ -233,6 +303,7 @@ class OpenAITeacher(Teacher):
             ann = Annotation(None, "error", 0.0,
                              raw=json.dumps({"error": self._scrub(f"{detail}: {e}")[:300]}))
         ann.seconds = time.perf_counter() - start
+        ann.truncated = len(cut) < len(text)
         ann.tokens = usage["input"] + usage["output"]
         ann.cost = self._cost(usage)
         self.spent += ann.cost
@@ -384,6 +455,107 @@ class OpenAITeacher(Teacher):
         lower = {lab.lower(): lab for lab in self.labels}
         return lower.get(label.lower()), str(obj.get("reason", ""))[:500] or None, True
 
+    # ---- multi-label ------------------------------------------------------------------------
+
+    def _list_tokens(self) -> int:
+        """max_tokens for a JSON list that may name every label."""
+        return 8 + sum(len(lab) // CHARS_PER_TOKEN + 3 for lab in self.labels)
+
+    async def _multi_by_logprobs(self, text: str, usage: dict) -> Annotation:
+        """One request per label (concurrently, under the same limits): the yes/no question."""
+        asked = [build_messages(self.cfg, self.labels, self.demos, text, self.task,
+                                question=q, style=YES_NO) for q in self._questions]
+        resps = await asyncio.gather(*(
+            self._create(m, usage, max_tokens=1, temperature=0.0, logprobs=True,
+                         top_logprobs=self.api.top_logprobs) for m in asked))
+        probs, masses, answers = [], [], []
+        for lab, resp in zip(self.labels, resps, strict=True):
+            choice = resp.choices[0]
+            content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+            if not content or not content[0].top_logprobs:
+                messages = build_messages(self.cfg, self.labels, self.demos, text, self.task,
+                                          style=LIST)
+                return await self._multi_by_votes(messages, usage, reason="no logprobs")
+            yes, no = yes_no_mass(content[0].top_logprobs)
+            reply = (choice.message.content or "").strip().lower()
+            if yes + no == 0 and reply in ("yes", "no"):  # the reply itself, outside the top
+                yes, no = float(reply == "yes"), float(reply == "no")
+            answers.append([lab, choice.message.content, round(yes, 6), round(no, 6)])
+            if yes + no == 0:
+                raw = {"method": "logprobs", "unanswered": lab, "answers": answers[-20:]}
+                status = "refused" if _REFUSAL.search(choice.message.content or "") \
+                    else "off_label"
+                return Annotation(None, status, 0.0, label_mass=0.0, raw=json.dumps(raw))
+            probs.append(yes / (yes + no))
+            masses.append(yes + no)
+        raw = {"method": "logprobs", "answers": answers[:20]}
+        return Annotation(probs, "ok", 0.0, label_mass=sum(masses) / len(masses),
+                          raw=json.dumps(raw))
+
+    def _tally_sets(self, replies: list[str], parsed: list[tuple[list[str] | None, list[str]]],
+                    raw: dict) -> Annotation:
+        """probs[j] = the share of the parsed samples naming label j. A sample naming only
+        labels outside the set is off-label and not counted."""
+        counted = [p for p, unknown in parsed if p is not None and (p or not unknown)]
+        raw = {**raw, "replies": replies[:10],
+               "unknown_labels": sorted({u for _, us in parsed for u in us})[:10]}
+        if not counted:
+            refused = sum(bool(_REFUSAL.search(r)) for r in replies)
+            status = "refused" if refused > len(replies) / 2 else (
+                "off_label" if any(p is not None for p, _ in parsed) else "unparseable")
+            return Annotation(None, status, 0.0, raw=json.dumps(raw))
+        probs = [sum(lab in p for p in counted) / len(counted) for lab in self.labels]
+        return Annotation(probs, "ok", 0.0, label_mass=len(counted) / len(replies),
+                          raw=json.dumps(raw))
+
+    async def _multi_by_votes(self, messages: list[dict], usage: dict,
+                              reason: str = "") -> Annotation:
+        replies = await self._samples(messages, usage, max_tokens=self._list_tokens())
+        return self._tally_sets(replies, [parse_label_list(r, self.labels) for r in replies],
+                                {"method": "votes", "fallback_reason": reason} if reason
+                                else {"method": "votes"})
+
+    async def _multi_by_reasoning(self, messages: list[dict], usage: dict) -> Annotation:
+        instruction = ("First think in one short sentence, then answer with JSON only: "
+                       '{"reason": "<one sentence>", "labels": ["<label>", ...]}, listing the '
+                       "labels that apply (none: []) from: " + ", ".join(self.labels))
+        msgs = [{**messages[0], "content": messages[0]["content"] + "\n\n" + instruction},
+                *messages[1:]]
+        item = {"type": "string", "enum": self.labels}
+        schema = {"type": "json_schema", "json_schema": {"name": "labels", "strict": True,
+                  "schema": {"type": "object", "additionalProperties": False,
+                             "required": ["reason", "labels"],
+                             "properties": {"reason": {"type": "string"},
+                                            "labels": {"type": "array", "items": item}}}}}
+        kw = {"max_tokens": self.api.reasoning_max_tokens + self._list_tokens()}
+        if self._structured is not False:
+            try:
+                replies = await self._replies(msgs, usage, {**kw, "response_format": schema})
+                self._structured = True
+            except self._openai.APIStatusError as e:
+                if "response_format" not in str(e):
+                    raise
+                self._structured = False  # this server has no JSON schema: parse tolerantly
+        if self._structured is False:
+            replies = await self._replies(msgs, usage, kw)
+        ann = self._tally_sets(replies, [parse_label_list(r, self.labels) for r in replies],
+                               {"method": "reasoning"})
+        raw = json.loads(ann.raw)
+        raw["reasons"] = [r for r in map(_reason_of, replies) if r][:5]
+        ann.raw = json.dumps(raw)
+        return ann
+
     def close(self) -> None:
         self._run(self._client.close())
         self._loop.close()
+
+
+def _reason_of(reply: str) -> str | None:
+    """The `reason` of a JSON reply, where there is one."""
+    try:
+        obj = json.loads(reply[reply.index("{"): reply.rindex("}") + 1])
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return str(obj.get("reason", ""))[:500] or None

@@ -33,6 +33,8 @@ class TeacherRequest:
 
     `dry_run`: only `estimate()` will be called, so send no request and spend nothing (an API
     teacher skips its preflight); local backends may ignore it.
+    `task`: the task type the teacher answers (`llmdistill.tasks`); a backend that cannot answer
+    it leaves its teacher's `task` at `single_label` and `load_teacher` refuses it.
     """
 
     target: str
@@ -41,6 +43,7 @@ class TeacherRequest:
     cfg: TeacherConfig
     cache_dir: Path | None = None
     dry_run: bool = False
+    task: str = "single_label"
 
 
 Factory = Callable[[TeacherRequest], "Teacher"]

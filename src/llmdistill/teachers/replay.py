@@ -27,6 +27,7 @@ import pandas as pd
 
 from llmdistill.data import clean_text, read_frame, text_hash
 from llmdistill.errors import TeacherError
+from llmdistill.tasks import SEP, get_task
 from llmdistill.teachers.base import Annotation, Teacher
 from llmdistill.teachers.registry import TeacherRequest
 
@@ -70,7 +71,7 @@ def parse_replay_target(target: str) -> ReplaySpec:
 
 def from_spec(request: TeacherRequest) -> ReplayTeacher:
     """`replay:PATH#COLUMN[?...]` → a teacher answering from that file (demos are unused)."""
-    return ReplayTeacher(request.target, request.labels)
+    return ReplayTeacher(request.target, request.labels, task=request.task)
 
 
 def normalise_label(value: str) -> str:
@@ -83,9 +84,11 @@ class ReplayTeacher(Teacher):
 
     batch_size = 512
 
-    def __init__(self, target: str, labels: list[str]) -> None:
+    def __init__(self, target: str, labels: list[str], task: str = "single_label") -> None:
         self.spec = parse_replay_target(target)
         self.labels = list(labels)
+        self.task = task
+        self.multi = not get_task(task).exclusive
         canon = {normalise_label(lab): lab for lab in labels}
         if len(canon) != len(labels):
             raise TeacherError(f"labels {labels} differ only in case or spacing: rename them")
@@ -101,6 +104,8 @@ class ReplayTeacher(Teacher):
                     "prob_columns": list(self.spec.prob_columns),
                     "rationale_column": self.spec.rationale_column,
                     "text_column": self.spec.text_column, "labels": self.labels}
+        if self.multi:  # single-label hashes stay those of earlier versions
+            settings["task"] = task
         blob = json.dumps(settings, sort_keys=True)
         self.prompt_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self.id = f"replay:{self.spec.path.name}#{self.spec.label_column}@{digest[:16]}"
@@ -128,6 +133,8 @@ class ReplayTeacher(Teacher):
         return answers, conflicts
 
     def _answer(self, row: tuple) -> Annotation:
+        if self.multi:
+            return self._answer_multi(row)
         value = "" if _missing(row.label) else str(row.label)
         label = self._canon.get(normalise_label(value))
         rationale = None if _missing(row.rationale) else str(row.rationale)
@@ -150,6 +157,30 @@ class ReplayTeacher(Teacher):
             self._disagreements += 1
         return Annotation(probs, "ok", 0.0, label_mass=min(total, 1.0), raw=rationale)
 
+    def _answer_multi(self, row: tuple) -> Annotation:
+        """A label-set cell → 1/0 per label (or the probability columns, each in [0, 1])."""
+        rationale = None if _missing(row.rationale) else str(row.rationale)
+        names, raw = _label_set(row.label)
+        if names is None:
+            return Annotation(None, "unparseable", 0.0, raw=f"not a label list: {raw!r}")
+        chosen = [self._canon.get(normalise_label(v)) for v in names]
+        if any(c is None for c in chosen):
+            return Annotation(None, "off_label", 0.0, label_mass=0.0, raw=raw)
+        hot = [1.0 if lab in chosen else 0.0 for lab in self.labels]
+        if not self.spec.prob_columns:
+            return Annotation(hot, "ok", 0.0, label_mass=1.0, raw=rationale)
+        try:
+            vals = [float(v) for v in row.probs]
+        except (TypeError, ValueError):
+            vals = [math.nan]
+        if not all(math.isfinite(v) and 0 <= v <= 1 for v in vals):
+            return Annotation(None, "unparseable", 0.0,
+                              raw=f"bad probabilities {list(row.probs)!r}: each must lie in "
+                                  "[0, 1]")
+        if [v >= 0.5 for v in vals] != [h == 1.0 for h in hot]:
+            self._disagreements += 1
+        return Annotation(vals, "ok", 0.0, label_mass=1.0, raw=rationale)
+
     def label_probs(self, texts: list[str]) -> list[Annotation]:
         return [self._lookup(t) for t in texts]
 
@@ -166,6 +197,28 @@ class ReplayTeacher(Teacher):
 
 def _missing(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _label_set(value: object) -> tuple[list[str] | None, str]:
+    """(the names a multi-label cell lists, or None when it is not a list; the cell as text).
+
+    A list/array (Parquet), a JSON list string, or `a|b`; missing, "" and `[]` are empty."""
+    if _missing(value):
+        return [], ""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if str(v).strip()], json.dumps([str(v) for v in value])
+    text = str(value).strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            return None, text
+        if not isinstance(parsed, list) or any(isinstance(v, (list, dict)) for v in parsed):
+            return None, text
+        return [str(v) for v in parsed if str(v).strip()], text
+    return [v for v in text.split(SEP) if v.strip()], text
 
 
 def _read(spec: ReplaySpec) -> tuple[pd.DataFrame, str]:
