@@ -364,6 +364,18 @@ def test_a_folder_without_a_run_store_is_refused(run_cfg, tmp_path):
         compare(with_students(run_cfg, ["fake:1"]), tmp_path)
 
 
+def test_a_multi_label_run_is_refused_naming_what_to_use(run_cfg, tmp_path):
+    from llmdistill.annotate import read_annotations, write_annotations
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_cfg.out, folder)
+    store, manifest = read_annotations(folder / "annotations.parquet")
+    write_annotations(store, folder / "annotations.parquet", {**manifest, "task": "multi_label"},
+                      overwrite=True)
+    with pytest.raises(UsageError, match="multi_label run"):
+        compare(with_students(run_cfg, ["fake:1"]), folder)
+
+
 # ---- the command line ----
 
 def cli(*args: str, register: bool = False) -> subprocess.CompletedProcess:

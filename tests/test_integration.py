@@ -164,3 +164,36 @@ def test_run_with_two_teachers_a_label_model_and_a_review_round_trip(tmp_path, e
         "--anchor", str(tmp_path / "reviewed.csv"), env=env)
     manifest = json.loads((tmp_path / "run2" / "metrics.json").read_text())["teachers"]
     assert manifest["anchor"]["rows"] == 12
+
+
+def test_a_multi_label_run_end_to_end_gives_label_sets_everywhere(tmp_path, env):
+    """bbc-multi with the packaged teacher asked yes/no per topic → a sigmoid student → set
+    metrics, report, predict and the model card; single-label stays what it was elsewhere."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"out: {tmp_path / 'run'}\n"
+                   "data: {source: bbc-multi, task: multi_label, test_fraction: 0.15,\n"
+                   "       max_train: 24, max_validation: 8, max_test: 16}\n"
+                   "teacher: {spec: smollm2-135m, task: Which news topics does the text cover?,\n"
+                   "          n_demos: 2, max_text_tokens: 96, label_descriptions: {}}\n"
+                   "student: {epochs: 1, batch_size: 8, max_length: 64}\n"
+                   "evaluate: {bootstrap: 100, speed_texts: 16}\n")
+    cli("run", "--config", str(cfg), env=env)
+    run = tmp_path / "run"
+    store = pd.read_parquet(run / "annotations.parquet")
+    labels = ["business", "entertainment", "politics", "sports", "tech"]
+    probs = store.loc[store["status"] == "ok", [f"prob_{lab}" for lab in labels]]
+    assert len(probs) and ((probs >= 0) & (probs <= 1)).all().all()
+    assert "truncated" in store.columns
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "multi_label"
+    for key in ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"):
+        m = metrics["student"][key]
+        assert m["low"] <= m["value"] <= m["high"]
+    assert "micro-F1" in (run / "report.md").read_text()
+    assert "<table>" in (run / "report.html").read_text()
+    record = json.loads((run / "student" / "llmdistill.json").read_text())
+    assert record["task"] == "multi_label" and len(record["thresholds"]) == len(labels)
+    out = cli("predict", "--student", str(run / "student"), "sport and tech news today",
+              env=env).stdout
+    answer = json.loads(out.splitlines()[0])
+    assert set(answer["labels"]) <= set(labels) and set(answer["probs"]) == set(labels)

@@ -338,6 +338,22 @@ def test_decoder_lm_becomes_a_classifier_that_pads_with_its_end_token(tmp_path) 
         assert model(**enc).logits.shape == (2, 3)
 
 
+@pytest.mark.integration
+def test_a_gguf_decoder_student_carries_no_quantizer_so_trainer_accepts_it() -> None:
+    """transformers dequantizes a GGUF file to fp32 but keeps a GGUF quantizer on the model,
+    which Trainer refuses to train; the packaged SmolLM2 must load without that marker."""
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    from llmdistill.assets import smollm2_gguf
+    from llmdistill.student.train import load_student
+
+    model, _ = load_student(str(smollm2_gguf()), LABELS)
+    assert getattr(model, "hf_quantizer", None) is None and not model.is_quantized
+    assert getattr(model.config, "quantization_config", None) is None
+    assert next(model.parameters()).dtype == torch.float32
+    validate_quantization_for_training(model)  # what Trainer checks first; raises when refused
+
+
 def _with_features(frame: pd.DataFrame, width: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     out = frame.copy()

@@ -59,6 +59,10 @@ def compare(cfg: RunConfig, run_dir: Path, report: bool = True) -> dict:
         raise UsageError("no students to compare: pass --student MODEL (repeatable) or list "
                          "them under `students:` in the config")
     store, manifest = read_store(run_dir)
+    if manifest.get("task", "single_label") != "single_label":
+        raise UsageError(f"{run_dir} is a {manifest['task']} run: compare measures single_label "
+                         "students only (accuracy, the teacher's argmax); evaluate each "
+                         "multi_label student with `llmdistill run` or `llmdistill evaluate`")
     labels = list(manifest["labels"])
     test = gold_test(store, run_dir)
     for scfg in cfg.students:  # every student is loadable before the first one trains
