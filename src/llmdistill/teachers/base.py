@@ -111,8 +111,9 @@ class PrefixScorer(Teacher):
         self.task = prompt.task
         self.multi = prompt.task != "single_label"
         self.prompt_hash = prompt.hash
-        if max_text_tokens is not None:  # it changes long texts' answers: part of the identity
-            blob = json.dumps([prompt.hash, {"max_text_tokens": max_text_tokens}])
+        if max_text_tokens is not None:  # what of a long text is read: part of the identity
+            blob = json.dumps([prompt.hash, {"max_text_tokens": max_text_tokens,
+                                             "max_text_chars": max_text_chars}])
             self.prompt_hash = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self.max_text_chars = max_text_chars
         self.max_text_tokens = max_text_tokens
