@@ -336,3 +336,22 @@ def test_multi_label_html_report_is_one_page_with_the_per_label_chart(tmp_path):
     page = path.read_text()
     assert page.startswith("<!doctype html>") and "<table>" in page
     assert "data:image/svg+xml;base64," in page
+
+
+def test_a_single_label_report_with_many_labels_lists_top_confusions_not_a_matrix():
+    import numpy as np
+
+    from llmdistill.evaluate import classification_metrics
+    from llmdistill.report.format import top_confusions
+    from llmdistill.report.markdown import _vs_gold
+
+    rng = np.random.default_rng(0)
+    labels = [f"intent{i:02d}" for i in range(40)]
+    gold = rng.choice(labels, 400)
+    pred = np.where(rng.random(400) < 0.7, gold, rng.choice(labels, 400))
+    m = classification_metrics(list(gold), list(pred), labels, n_boot=20)
+    table = _vs_gold(m, labels, "student")
+    assert len(table.splitlines()) <= 2 + 15  # header, rule, at most 15 confusions
+    top = top_confusions(m["confusion"], labels, labels)
+    assert all(g != p for g, p, _, _ in top)
+    assert [v for _, _, v, _ in top] == sorted((v for _, _, v, _ in top), reverse=True)

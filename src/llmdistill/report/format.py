@@ -123,3 +123,15 @@ def vs_gold(m: dict, labels: list[str]) -> tuple[list[list[int]], list[str]]:
         matrix = [[*row, u] for row, u in zip(matrix, m["unanswered_by_gold"], strict=True)]
         cols.append(NO_ANSWER)
     return matrix, cols
+
+
+MAX_MATRIX = 12  # labels up to which a confusion matrix is readable; above, the top confusions
+
+
+def top_confusions(matrix: list[list[int]], rows: list[str], cols: list[str],
+                   n: int = 15) -> list[tuple[str, str, int, float]]:
+    """The `n` largest off-diagonal cells: (row label, column label, texts, share of the row)."""
+    cells = [(int(v), r, c) for i, (r, line) in enumerate(zip(rows, matrix, strict=True))
+             for j, (c, v) in enumerate(zip(cols, line, strict=True)) if i != j and v]
+    totals = {r: sum(line) for r, line in zip(rows, matrix, strict=True)}
+    return [(r, c, v, v / max(totals[r], 1)) for v, r, c in sorted(cells, reverse=True)[:n]]

@@ -19,6 +19,7 @@ from llmdistill.files import atomic_write
 from llmdistill.report import sets
 from llmdistill.report.format import (
     DASH,
+    MAX_MATRIX,
     clean,
     count,
     model_info,
@@ -30,6 +31,7 @@ from llmdistill.report.format import (
     resamples,
     score_interval,
     settings,
+    top_confusions,
     vs_gold,
 )
 
@@ -90,6 +92,10 @@ def _confusion(matrix: list[list[int]], rows: list[str], cols: list[str], corner
 
 def _vs_gold(m: dict, labels: list[str], who: str) -> str:
     matrix, cols = vs_gold(m, labels)
+    if len(labels) > MAX_MATRIX:  # a k × k table is unreadable: the largest confusions instead
+        return _table(["gold", f"{who} said", "texts", "share of the gold label"],
+                      [[g, p, v, percent(share)]
+                       for g, p, v, share in top_confusions(matrix, labels, cols)])
     return _confusion(matrix, labels, cols, f"gold ↓ / {who} →")
 
 
@@ -321,11 +327,12 @@ def render_markdown(metrics: dict, chart: str | None = COMPARE_CHART) -> str:
     for who, m in (("Teacher", teacher), ("Student", student)):
         if m:
             out += [f"### {who} vs gold", _per_class(m)]
-    out.append("## Confusion matrices")
+    out.append("## Confusion matrices" if len(labels) <= MAX_MATRIX else
+               "## Top confusions (most frequent errors)")
     for who, m in (("teacher", teacher), ("student", student)):
         if m:
             out += [f"### {who.capitalize()} vs gold", _vs_gold(m, labels, who)]
-    if c := metrics.get("student_vs_teacher"):
+    if (c := metrics.get("student_vs_teacher")) and len(labels) <= MAX_MATRIX:
         out += ["### Student vs teacher", _confusion(c["confusion"], c["confusion_labels"],
                                                      c["confusion_labels"],
                                                      "student ↓ / teacher →")]
