@@ -173,7 +173,7 @@ def test_a_multi_label_run_end_to_end_gives_label_sets_everywhere(tmp_path, env)
     cfg.write_text(f"out: {tmp_path / 'run'}\n"
                    "data: {source: bbc-multi, task: multi_label, test_fraction: 0.15,\n"
                    "       max_train: 24, max_validation: 8, max_test: 16}\n"
-                   "teacher: {spec: smollm2-135m, task: Which news topics does the text cover?,\n"
+                   "teacher: {spec: smollm2-135m, task: 'Which news topics does the text cover?',\n"
                    "          n_demos: 2, max_text_tokens: 96, label_descriptions: {}}\n"
                    "student: {epochs: 1, batch_size: 8, max_length: 64}\n"
                    "evaluate: {bootstrap: 100, speed_texts: 16}\n")
