@@ -345,3 +345,38 @@ def test_a_windowed_multilabel_student_exports_with_set_parity_and_runs_windows_
     np.testing.assert_allclose(onnx_clf.predict_proba(texts), torch_clf.predict_proba(texts),
                                atol=1e-4)
     assert onnx_clf.predict(texts[-2:]) == torch_clf.predict(texts[-2:])
+
+
+def test_openvino_backend_without_an_openvino_check_names_the_export_flag(
+        exported_student_dir) -> None:
+    path, why = usable_export(exported_student_dir, "openvino")
+    assert path is None and "not checked on openvino" in why
+    with pytest.raises(UsageError, match="--openvino"):
+        StudentClassifier.load(exported_student_dir, backend="openvino")
+    with pytest.raises(UsageError, match="openvino"):
+        StudentClassifier.load(exported_student_dir, backend="tensorrt")  # type: ignore[arg-type]
+    assert StudentClassifier.load(exported_student_dir).backend == "onnx-int8"
+
+
+def test_openvino_export_checks_each_file_on_both_runtimes_and_runs_the_passing_one(
+        student_copy, toy_parity_csv) -> None:
+    pytest.importorskip("openvino")
+    frame = pd.read_csv(toy_parity_csv)
+    result = export_student(student_copy, frame["text"].tolist(), frame["label"].tolist(),
+                            ExportConfig(min_agreement=0.95, openvino=True), int8=True)
+    by = {(v["file"], v["runtime"]): v for v in result.variants}
+    assert set(by) == {(f, r) for f in (FP32_FILE, INT8_FILE)
+                       for r in ("onnxruntime", "openvino")}
+    assert by[FP32_FILE, "openvino"]["agreement"] == 1.0
+    assert by[FP32_FILE, "openvino"]["max_abs_prob_diff"] < 1e-4
+    assert StudentClassifier.load(student_copy).backend.startswith("onnx-")  # auto: ORT
+    ov = StudentClassifier.load(student_copy, backend="openvino", threads=1)
+    expected = "openvino-int8" if by[INT8_FILE, "openvino"]["passed"] else "openvino-fp32"
+    assert ov.backend == expected
+    ref = StudentClassifier.load(student_copy, backend="torch").predict_proba(MIXED, 4)
+    got = ov.predict_proba(MIXED, batch_size=4)  # padded batches of several widths
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+    fp32 = StudentClassifier.load_onnx(student_copy, student_copy / ONNX_DIR / FP32_FILE, 1,
+                                        runtime="openvino")
+    np.testing.assert_allclose(fp32.predict_proba(MIXED, batch_size=4), ref, atol=1e-4)

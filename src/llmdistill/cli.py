@@ -328,7 +328,8 @@ def predict(
     out: Annotated[Path | None, typer.Option(
         help="Write .jsonl, .csv or .parquet instead of JSON lines on stdout.")] = None,
     backend: Annotated[str, typer.Option(
-        help="auto (the ONNX export if it passed parity, else PyTorch), onnx or torch.")] = "auto",
+        help="auto (the ONNX export if it passed parity, else PyTorch), onnx, openvino or "
+             "torch.")] = "auto",
     batch_size: Annotated[int | None, typer.Option(min=1, help="Texts per batch (default: "
                                                           "student.inference_batch_size).")
                           ] = None,
@@ -407,6 +408,9 @@ def export_cmd(
     student: Annotated[Path, typer.Argument(help="Trained student folder.")],
     int8: Annotated[bool, typer.Option("--int8", help="Also write an int8 model (dynamic "
                                                       "quantization).")] = False,
+    openvino: Annotated[bool, typer.Option(
+        "--openvino", help="Also check each file on OpenVINO's runtime (for --backend "
+                           "openvino).")] = False,
     data: Annotated[str | None, typer.Option(help="Parity texts: file or embedded split "
                                                   "(default tweets:validation).")] = None,
     min_agreement: Annotated[float | None, typer.Option(
@@ -420,6 +424,7 @@ def export_cmd(
     cfg = _config(config, text_column, label_column)
     if min_agreement is not None:
         cfg.export.min_agreement = min_agreement
+    cfg.export.openvino = openvino or cfg.export.openvino
     spec = data or cfg.export.data
     data_cfg = cfg.data.model_copy(update={"max_validation": None, "max_test": None}) \
         if data_mod.split_spec(spec)[1] else cfg.data
@@ -434,7 +439,8 @@ def export_cmd(
     for v in result.variants:
         acc = "" if v["accuracy"] is None else \
             f", accuracy {v['accuracy']:.2%} ({v['accuracy_change']:+.2f} points)"
-        err.print(f"  {v['file']:<16} {v['bytes'] / 1e6:6.1f} MB  agreement {v['agreement']:.2%}"
+        err.print(f"  {v['file']:<16} {v.get('runtime', 'onnxruntime'):<11} "
+                  f"{v['bytes'] / 1e6:6.1f} MB  agreement {v['agreement']:.2%}"
                   f"{acc}, max |Δp| {v['max_abs_prob_diff']:.4f}  "
                   f"{'passed' if v['passed'] else 'FAILED'}", highlight=False)
     err.print(f"wrote {result.out_dir}", highlight=False)
@@ -450,7 +456,7 @@ def serve_cmd(
     student: Annotated[Path, typer.Argument(help="Trained student folder.")],
     host: Annotated[str | None, typer.Option(help="Address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    backend: Annotated[str | None, typer.Option(help="auto, onnx or torch.")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, onnx, openvino or torch.")] = None,
     threads: Annotated[int | None, typer.Option(help="Inference threads.")] = None,
     max_texts: Annotated[int | None, typer.Option(help="Texts per request.")] = None,
     max_chars: Annotated[int | None, typer.Option(help="Characters per text.")] = None,

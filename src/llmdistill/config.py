@@ -291,6 +291,8 @@ class ExportConfig(_Strict):
     min_agreement: float = Field(0.99, gt=0.0, le=1.0,
                                  description="label agreement with PyTorch needed to use an export")
     int8: bool = Field(False, description="also write model.int8.onnx (int8 quantization)")
+    openvino: bool = Field(False, description="also check each file on OpenVINO's runtime, so "
+                                              "that `--backend openvino` can run the passing ones")
     int8_method: Literal["dynamic", "static"] = Field(
         "dynamic", description="dynamic: activation scales per batch at run time; static: QDQ "
                                "with scales fixed on the calibration texts (measured less exact "
@@ -333,8 +335,9 @@ class ServeConfig(_Strict):
                           "as `Authorization: Bearer <key>` (the key itself is never stored)")
     insecure: bool = Field(False, description="allow a non-loopback host without an API key "
                                               "(only behind a proxy that authenticates)")
-    backend: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="auto: the int8/fp32 ONNX export that passed parity, else PyTorch")
+    backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
+        "auto", description="auto: the int8/fp32 ONNX export that passed parity, else PyTorch; "
+                            "openvino: an export that passed parity on OpenVINO")
     threads: int | None = Field(None, ge=1, description="inference threads; all cores if unset")
     max_texts: int = Field(64, ge=1, description="texts per request")
     max_chars: int = Field(2000, ge=1, description="characters per text")

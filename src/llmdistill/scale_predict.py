@@ -40,8 +40,10 @@ from llmdistill.errors import DataError, UsageError
 from llmdistill.files import atomic_dir, refuse_existing
 from llmdistill.scale.cluster import INSTALL, connect, first_line, require_ray
 from llmdistill.student.predict import (
-    INT8_FILE,
+    RUNTIME_OF_BACKEND,
     StudentClassifier,
+    backend_name,
+    check_backend,
     check_model_folder,
     usable_export,
 )
@@ -248,16 +250,17 @@ def backend_for(student_dir: Path, backend: str = "auto") -> str:
     Checks the folder on the driver, so a wrong --student fails before the cluster is touched.
     """
     check_model_folder(student_dir)
-    if backend not in ("auto", "torch", "onnx"):
-        raise UsageError(f"unknown backend {backend!r}: use auto, torch or onnx")
+    check_backend(backend)
     if backend == "torch":
         return "torch"
-    choice, why = usable_export(student_dir)
+    runtime = RUNTIME_OF_BACKEND.get(backend, "onnxruntime")
+    choice, why = usable_export(student_dir, runtime)
     if choice is not None:
-        return "onnx-int8" if choice.name == INT8_FILE else "onnx-fp32"
-    if backend == "onnx":
-        raise UsageError(f"{student_dir} has no usable ONNX export ({why}): run "
-                         f"`llmdistill export {student_dir}` or use --backend torch")
+        return backend_name(runtime, choice)
+    if backend in RUNTIME_OF_BACKEND:
+        flag = " --openvino" if runtime == "openvino" else ""
+        raise UsageError(f"{student_dir} has no usable {runtime} export ({why}): run "
+                         f"`llmdistill export {student_dir}{flag}` or use --backend torch")
     return "torch"
 
 

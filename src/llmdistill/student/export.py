@@ -27,6 +27,7 @@ a windowed student runs its windows through both the same way (`StudentClassifie
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import logging
 import tempfile
@@ -83,6 +84,7 @@ class VariantParity:
     confident_agreement: float | None = None  # on texts with PyTorch's top-2 margin ≥ the cut
     confident_texts: int | None = None
     quantization: dict[str, Any] | None = None  # int8: method, calibration, split, fp32 nodes
+    runtime: str = "onnxruntime"  # what ran the file: onnxruntime or openvino
 
 
 @dataclass
@@ -243,8 +245,10 @@ def export_student(
         ref_probs = reference.predict_proba(texts, batch_size=cfg.batch_size)
         ref_seconds = time.perf_counter() - t0
         variants = []
-        for name, precision, info in files:
-            clf = StudentClassifier.load_onnx(model_dir, tmp / name, None, reference.parameters)
+        runtimes = ["onnxruntime", "openvino"] if cfg.openvino else ["onnxruntime"]
+        for (name, precision, info), runtime in itertools.product(files, runtimes):
+            clf = StudentClassifier.load_onnx(model_dir, tmp / name, None, reference.parameters,
+                                              runtime=runtime)
             t0 = time.perf_counter()
             probs = clf.predict_proba(texts, batch_size=cfg.batch_size)
             seconds = time.perf_counter() - t0
@@ -256,7 +260,7 @@ def export_student(
                 accuracy_change=p["accuracy_change"], passed=p["passed"],
                 bytes=(tmp / name).stat().st_size, seconds=seconds,
                 confident_agreement=p["confident_agreement"],
-                confident_texts=p["confident_texts"], quantization=info)))
+                confident_texts=p["confident_texts"], quantization=info, runtime=runtime)))
         record = {
             "llmdistill_version": __version__,
             "weights_sha256": weights_fingerprint(model_dir),

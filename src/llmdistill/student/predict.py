@@ -1,10 +1,12 @@
 """Batch inference with a trained student folder (any HF sequence-classification folder).
 
-Two backends behind one class: PyTorch, and ONNX Runtime when `llmdistill export` wrote
-`DIR/onnx/model(.int8).onnx` and that file passed its parity check against PyTorch (recorded in
-`DIR/onnx/parity.json`, together with a fingerprint of the weights it was exported from, so a
-retrained folder never runs a stale export). Either way texts are tokenized once, sorted by
-length and batched, so that little padding is computed.
+Backends behind one class: PyTorch, and an ONNX runtime when `llmdistill export` wrote
+`DIR/onnx/model(.int8).onnx` and that file passed its parity check against PyTorch on that
+runtime (recorded in `DIR/onnx/parity.json`, together with a fingerprint of the weights it was
+exported from, so a retrained folder never runs a stale export). The runtimes are ONNX Runtime
+(`onnx`, the default) and OpenVINO (`openvino`: the same files, checked on OpenVINO at export
+with `--openvino`; bench/openvino.py measures which is faster on a CPU). Either way texts are
+tokenized once, sorted by length and batched, so that little padding is computed.
 
 The folder's record says the task (`task`, `thresholds`: a softmax and the argmax, or a sigmoid
 per label and its threshold) and how long texts are read (`long_text: windows`: each text's
@@ -38,14 +40,18 @@ ONNX_DIR = "onnx"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 PARITY_FILE = "parity.json"
-Backend = Literal["auto", "torch", "onnx"]
+Backend = Literal["auto", "torch", "onnx", "openvino"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
+Runtime = Literal["onnxruntime", "openvino"]
+RUNTIME_OF_BACKEND: dict[str, Runtime] = {"onnx": "onnxruntime", "openvino": "openvino"}
 _BATCH = StudentConfig().inference_batch_size
 
 
 class StudentClassifier:
     """A loaded student: texts in, label probabilities out, on CPU unless told otherwise.
 
-    `backend` says what runs: "torch", "onnx-fp32" or "onnx-int8". `load` returns the zoo's
+    `backend` says what runs: "torch", "onnx-fp32", "onnx-int8", "openvino-fp32" or
+    "openvino-int8". `load` returns the zoo's
     own classifier for a tfidf or model2vec folder (same attributes and methods). `task` names
     the task type (llmdistill.tasks), `thresholds` are multi-label's per-label thresholds (None:
     the task's default), `windowing` how texts longer than `max_length` are read (None:
@@ -84,26 +90,29 @@ class StudentClassifier:
     ) -> StudentClassifier:
         """Load a model folder; `threads` sets the CPU thread count (torch's is process-wide).
 
-        backend "auto" runs the fastest ONNX export that passed parity (int8 before fp32) and
-        falls back to PyTorch; "onnx" requires such an export; "torch" never uses one.
+        backend "auto" runs the fastest ONNX export that passed parity on ONNX Runtime (int8
+        before fp32) and falls back to PyTorch; "onnx" requires such an export; "openvino" runs
+        an export that passed parity on OpenVINO (`llmdistill export --openvino`); "torch"
+        never uses one.
         """
         model_dir = Path(model_dir)
-        if backend not in ("auto", "torch", "onnx"):
-            raise UsageError(f"unknown backend {backend!r}: use auto, torch or onnx")
+        check_backend(backend)
         record = StudentRecord.load_if_present(model_dir) if model_dir.is_dir() else None
         if record is not None and record.kind != TRANSFORMERS:
-            if backend == "onnx":
+            if backend in RUNTIME_OF_BACKEND:
                 raise UsageError(f"{model_dir} is a {record.kind} student, which runs in numpy "
                                  "without ONNX: use --backend auto")
             return kind_module(record.kind).load(model_dir, threads)
         check_model_folder(model_dir)
         if backend != "torch" and device == "cpu":
-            choice, why = usable_export(model_dir)
+            runtime = RUNTIME_OF_BACKEND.get(backend, "onnxruntime")
+            choice, why = usable_export(model_dir, runtime)
             if choice is not None:
-                return cls.load_onnx(model_dir, choice, threads)
-            if backend == "onnx":
-                raise UsageError(f"{model_dir} has no usable ONNX export ({why}): run "
-                                 f"`llmdistill export {model_dir}` or use --backend torch")
+                return cls.load_onnx(model_dir, choice, threads, runtime=runtime)
+            if backend in RUNTIME_OF_BACKEND:
+                flag = " --openvino" if runtime == "openvino" else ""
+                raise UsageError(f"{model_dir} has no usable {runtime} export ({why}): run "
+                                 f"`llmdistill export {model_dir}{flag}` or use --backend torch")
             if why != "no export":
                 logger.warning("not using the ONNX export in %s: %s", model_dir, why)
         return cls._load_torch(model_dir, threads, device)
@@ -132,8 +141,10 @@ class StudentClassifier:
 
     @classmethod
     def load_onnx(cls, model_dir: Path, onnx_path: Path, threads: int | None = None,
-                  parameters: int | None = None) -> StudentClassifier:
-        """Run one ONNX file of `model_dir` with its tokenizer, whether or not it passed parity.
+                  parameters: int | None = None,
+                  runtime: Runtime = "onnxruntime") -> StudentClassifier:
+        """Run one ONNX file of `model_dir` with its tokenizer on `runtime`, whether or not it
+        passed parity.
 
         For the parity check itself and for benchmarks that compare fp32 with int8; `load`
         is the way to pick the export that passed.
@@ -142,14 +153,13 @@ class StudentClassifier:
 
         config = AutoConfig.from_pretrained(str(model_dir))
         tokenizer = _tokenizer(model_dir)
-        session = onnx_session(onnx_path, threads)
-        names = {i.name for i in session.get_inputs()}
+        run = (openvino_runner if runtime == "openvino" else onnx_runner)(onnx_path, threads)
         self = cls.__new__(cls)
         self.model = None
         self.tokenizer = tokenizer
         self.max_length = _max_length(model_dir, config, tokenizer)
         self.device = "cpu"
-        self.backend = "onnx-int8" if onnx_path.name == INT8_FILE else "onnx-fp32"
+        self.backend = backend_name(runtime, onnx_path)
         self.onnx_path = onnx_path
         self.labels = [str(config.id2label[i]) for i in range(config.num_labels)]
         self.task, self.thresholds, self.windowing = decision_of(model_dir, config,
@@ -158,10 +168,6 @@ class StudentClassifier:
             record = json.loads((onnx_path.parent / PARITY_FILE).read_text(encoding="utf-8"))
             parameters = int(record.get("parameters", 0))
         self.parameters = parameters
-
-        def run(batch: dict[str, np.ndarray]) -> np.ndarray:
-            return session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
-
         self._run = run
         return self
 
@@ -260,6 +266,56 @@ def decision_of(model_dir: Path, config: Any,
             Windowing.from_settings(record.student_config, max_length))
 
 
+def check_backend(backend: str) -> None:
+    """Refuse an unknown backend name in one line that lists the known ones."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+
+
+def backend_name(runtime: Runtime, onnx_path: Path) -> str:
+    """What a loaded export reports as its backend: `onnx-int8`, `openvino-fp32`, ..."""
+    prefix = "openvino" if runtime == "openvino" else "onnx"
+    return f"{prefix}-{'int8' if onnx_path.name == INT8_FILE else 'fp32'}"
+
+
+def onnx_runner(path: Path, threads: int | None = None) -> Callable[[dict], np.ndarray]:
+    """batch → logits on an ONNX Runtime session of `path` (inputs it lacks are dropped)."""
+    session = onnx_session(path, threads)
+    names = {i.name for i in session.get_inputs()}
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run(["logits"], {k: v for k, v in batch.items() if k in names})[0]
+
+    return run
+
+
+def openvino_runner(path: Path, threads: int | None = None) -> Callable[[dict], np.ndarray]:
+    """batch → logits on OpenVINO's CPU plugin, compiled from the same ONNX file.
+
+    fp32 inference precision is asked for explicitly (the plugin may otherwise pick bf16 on
+    CPUs that have it, which the parity check did not see); dynamic shapes, so one compiled
+    model serves every batch width; one infer request, reused.
+    """
+    try:
+        import openvino as ov
+    except ImportError:
+        raise UsageError("openvino is not installed: pip install 'llmdistill[openvino]'") from None
+    core = ov.Core()
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    names = {name for port in compiled.inputs for name in port.get_names()}
+    logits = compiled.output("logits")
+    request = compiled.create_infer_request()
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        result = request.infer({k: v for k, v in batch.items() if k in names})
+        return np.asarray(result[logits])
+
+    return run
+
+
 def onnx_session(path: Path, threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session with all graph optimizations, `threads` intra-op threads."""
     try:
@@ -291,8 +347,11 @@ def weights_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def usable_export(model_dir: str | Path) -> tuple[Path | None, str]:
-    """The ONNX file `auto` would run (int8 before fp32), or None and the reason."""
+def usable_export(model_dir: str | Path,
+                  runtime: Runtime = "onnxruntime") -> tuple[Path | None, str]:
+    """The ONNX file `runtime` would run (int8 before fp32) having passed parity on that
+    runtime, or None and the reason. (A variant without `runtime` was checked on ONNX
+    Runtime: parity.json files written before OpenVINO.)"""
     onnx_dir = Path(model_dir) / ONNX_DIR
     parity = onnx_dir / PARITY_FILE
     if not parity.exists():
@@ -303,7 +362,10 @@ def usable_export(model_dir: str | Path) -> tuple[Path | None, str]:
         return None, f"{parity} is unreadable"
     if record.get("weights_sha256") != weights_fingerprint(model_dir):
         return None, "the export is older than the weights; export again"
-    variants = {v["file"]: v for v in record.get("variants", [])}
+    variants = {v["file"]: v for v in record.get("variants", [])
+                if v.get("runtime", "onnxruntime") == runtime}
+    if not variants and record.get("variants"):
+        return None, f"not checked on {runtime}"
     failed = []
     for name in (INT8_FILE, FP32_FILE):
         v = variants.get(name)

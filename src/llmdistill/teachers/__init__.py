@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from llmdistill import assets
-from llmdistill.config import TeacherConfig
+from llmdistill.config import TeacherConfig, user_cache_dir
 from llmdistill.errors import TeacherError
 from llmdistill.tasks import get_task
 from llmdistill.teachers.base import STATUSES, Annotation, Teacher
@@ -55,6 +55,7 @@ def load_teacher(spec: str, labels: list[str], demos: list[dict], cfg: TeacherCo
                  task: str = "single_label") -> Teacher:
     """Build the teacher named by `spec`, with its prompt rendered and prefix evaluated.
 
+    `cache_dir` holds joined model files (None: the user cache, `LLMDISTILL_CACHE`).
     `dry_run=True`: the teacher will only `estimate()`, so API backends send no request.
     `task`: `single_label` or `multi_label` (llmdistill.tasks); a backend whose teacher does not
     answer that task is refused in one line.
@@ -77,7 +78,7 @@ def _load_embedded(request: TeacherRequest) -> Teacher:
     Ids are those of earlier versions, so existing caches stay valid: the files are pinned and
     verified, so their name identifies them.
     """
-    path = assets.teacher_gguf(request.target, request.cache_dir)
+    path = assets.teacher_gguf(request.target, request.cache_dir or user_cache_dir())
     if importlib.util.find_spec("llama_cpp") is None:  # no compiler: transformers reads GGUF
         from llmdistill.teachers.hf import HFTeacher
         return HFTeacher(str(path), request.labels, request.demos, request.cfg,
