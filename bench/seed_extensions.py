@@ -9,6 +9,8 @@ mode, cached; `--hidden qwen2.5-1.5b` takes ≈ 1.1 s per tweet on one thread he
 Which data decides what (no test gold is used for any choice):
 - each option's weight: mean accuracy on the dev tweets' gold (rows of train.csv held out,
   never trained on), over the seeds;
+- features are standardized per dimension over the training rows (the default since
+  2026-12-07); `features 0.5 raw` is the earlier raw cosine target;
 - the test file's 904 gold labels: only the final table (mean ± sd over seeds; the chosen
   option's pooled interval and McNemar against label-only at the first seed).
 
@@ -46,6 +48,7 @@ OPTIONS: dict[str, dict] = {
     "labels": {},
     "features 0.5": {"feature_loss": {"weight": 0.5}},
     "features 2": {"feature_loss": {"weight": 2.0}},
+    "features 0.5 raw": {"feature_loss": {"weight": 0.5, "standardize": False}},
     "rationales 0.5": {"rationale_weight": 0.5},
     "rationales 1": {"rationale_weight": 1.0},
 }

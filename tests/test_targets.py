@@ -54,6 +54,27 @@ def test_teacher_features_keep_ok_rows_in_order_and_follow_their_rationales(
     assert np.allclose(tr.features[11:], tr.features[:11])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_standardized_teacher_features_drop_the_shared_huge_dimensions(toy_annotations,
+                                                                       seed) -> None:
+    """An LLM's pooled states share a few huge dimensions: standardizing keeps what varies."""
+    rng = np.random.default_rng(seed)
+    train = _frame(toy_annotations, 40)
+    raw = rng.normal(size=(40, 6)).astype(np.float32)
+    raw[:, 0] += 50.0  # the shared massive dimension
+    raw[:, 5] = 7.0  # a constant one
+    train["teacher_features"] = list(raw)
+    z = teacher_features(train, standardize=True)
+    assert np.allclose(z.mean(axis=0), 0.0, atol=1e-5)
+    assert np.allclose(z[:, :5].std(axis=0), 1.0, atol=1e-4) and np.all(z[:, 5] == 0.0)
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    zu = z / np.linalg.norm(z, axis=1, keepdims=True)
+    assert (unit @ unit.T).mean() > 0.9 > abs((zu @ zu.T)[~np.eye(40, dtype=bool)].mean())
+    tr, _, _ = prepare_targets(train, toy_annotations(6, seed=1), LABELS,
+                               StudentConfig(anchor_size=0, feature_loss={"weight": 1.0}), None)
+    assert np.allclose(tr.features, z)
+
+
 ML = ["food", "music", "sports"]
 
 

@@ -223,7 +223,7 @@ def prepare_targets(train: pd.DataFrame, validation: pd.DataFrame, labels: list[
         train = with_gold_targets(train, rows, labels, task=task)
     tr, va = usable_splits(train, validation, labels, task)
     if cfg.feature_loss.weight > 0:
-        tr.features = teacher_features(train)
+        tr.features = teacher_features(train, standardize=cfg.feature_loss.standardize)
     if cfg.rationale_weight > 0:
         tr = with_rationales(tr, train, labels, cfg.rationale_weight)
     return tr, va, noise
@@ -259,8 +259,10 @@ def with_rationales(tr: TeacherTargets, train: pd.DataFrame, labels: list[str],
     )
 
 
-def teacher_features(train: pd.DataFrame) -> np.ndarray:
-    """(n_ok, d) teacher hidden states of the ok training rows, all of one width."""
+def teacher_features(train: pd.DataFrame, standardize: bool = False) -> np.ndarray:
+    """(n_ok, d) teacher hidden states of the ok training rows, all of one width; with
+    `standardize`, each dimension centred and scaled over these rows (a constant dimension
+    becomes 0), so that the feature loss asks for what differs between texts."""
     if FEATURES_COLUMN not in train.columns:
         raise DataError("student.feature_loss.weight > 0 but the annotations have no "
                         f"{FEATURES_COLUMN} column: run with a local GGUF or openai: teacher "
@@ -275,4 +277,9 @@ def teacher_features(train: pd.DataFrame) -> np.ndarray:
         raise DataError(f"{bad} training rows have teacher hidden states of the wrong size "
                         f"(expected {width} values each): recompute them (rerun the step that "
                         "wrote the store) or set feature_loss.weight: 0")
-    return np.stack([np.asarray(v, dtype=np.float32) for v in ok])
+    features = np.stack([np.asarray(v, dtype=np.float32) for v in ok])
+    if not standardize:
+        return features
+    spread = features.std(axis=0)
+    return ((features - features.mean(axis=0)) / np.where(spread > 0, spread, 1.0)).astype(
+        np.float32)
