@@ -5,7 +5,7 @@ Backends behind one class: PyTorch, and an ONNX runtime when `llmdistill export`
 runtime (recorded in `DIR/onnx/parity.json`, together with a fingerprint of the weights it was
 exported from, so a retrained folder never runs a stale export). The runtimes are ONNX Runtime
 (`onnx`, the default) and OpenVINO (`openvino`: the same files, checked on OpenVINO at export
-with `--openvino`; bench/openvino.py measures which is faster on a CPU). Either way texts are
+with `--openvino`; bench/runtimes.py measures which is faster on a CPU). Either way texts are
 tokenized once, sorted by length and batched, so that little padding is computed.
 
 The folder's record says the task (`task`, `thresholds`: a softmax and the argmax, or a sigmoid

@@ -6,7 +6,7 @@ Runtime fp32/int8 and OpenVINO fp32/int8 run the same texts in the same interlea
 (`--threads` threads, batch 64 texts/s as the median of `--passes`, its ratio to ONNX Runtime
 fp32 in the same pass, batch-1 p50 latency).
 
-    .venv/bin/python bench/openvino.py --student runs/seed/student --out runs/bench/openvino.json
+    .venv/bin/python bench/runtimes.py --student runs/seed/student --out runs/bench/runtimes.json
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=5)
     ap.add_argument("--speed-n", type=int, default=640, help="texts per speed pass")
     ap.add_argument("--latency-n", type=int, default=100, help="texts for batch-1 latency")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench/openvino.json"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/runtimes.json"))
     args = ap.parse_args()
     t_start = time.perf_counter()
     texts, gold = parity_data(args.data, args.parity_n)
