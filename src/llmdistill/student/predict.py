@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,7 +41,7 @@ FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 PARITY_FILE = "parity.json"
 Backend = Literal["auto", "torch", "onnx", "openvino"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx", "openvino")
+BACKENDS: tuple[str, ...] = get_args(Backend)
 Runtime = Literal["onnxruntime", "openvino"]
 RUNTIME_OF_BACKEND: dict[str, Runtime] = {"onnx": "onnxruntime", "openvino": "openvino"}
 _BATCH = StudentConfig().inference_batch_size
@@ -51,11 +51,10 @@ class StudentClassifier:
     """A loaded student: texts in, label probabilities out, on CPU unless told otherwise.
 
     `backend` says what runs: "torch", "onnx-fp32", "onnx-int8", "openvino-fp32" or
-    "openvino-int8". `load` returns the zoo's
-    own classifier for a tfidf or model2vec folder (same attributes and methods). `task` names
-    the task type (llmdistill.tasks), `thresholds` are multi-label's per-label thresholds (None:
-    the task's default), `windowing` how texts longer than `max_length` are read (None:
-    truncated).
+    "openvino-int8". `load` returns the zoo's own classifier for a tfidf or model2vec folder
+    (same attributes and methods). `task` names the task type (llmdistill.tasks), `thresholds`
+    are multi-label's per-label thresholds (None: the task's default), `windowing` how texts
+    longer than `max_length` are read (None: truncated).
     """
 
     def __init__(self, model, tokenizer, max_length: int, device: str = "cpu", *,
