@@ -380,3 +380,14 @@ def test_openvino_export_checks_each_file_on_both_runtimes_and_runs_the_passing_
     fp32 = StudentClassifier.load_onnx(student_copy, student_copy / ONNX_DIR / FP32_FILE, 1,
                                         runtime="openvino")
     np.testing.assert_allclose(fp32.predict_proba(MIXED, batch_size=4), ref, atol=1e-4)
+
+
+def test_export_cli_openvino_flag_prints_one_line_per_file_and_runtime(
+        student_copy, toy_parity_csv) -> None:
+    pytest.importorskip("openvino")
+    r = CliRunner().invoke(app, ["export", str(student_copy), "--openvino", "--data",
+                                 str(toy_parity_csv), "--min-agreement", "0.95"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if FP32_FILE in ln and "agreement" in ln]
+    assert len(lines) == 2 and "onnxruntime" in lines[0] and "openvino" in lines[1]
+    assert StudentClassifier.load(student_copy, backend="openvino").backend == "openvino-fp32"
