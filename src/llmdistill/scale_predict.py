@@ -45,6 +45,7 @@ from llmdistill.student.predict import (
     backend_name,
     check_backend,
     check_model_folder,
+    no_export_error,
     usable_export,
 )
 
@@ -258,9 +259,7 @@ def backend_for(student_dir: Path, backend: str = "auto") -> str:
     if choice is not None:
         return backend_name(runtime, choice)
     if backend in RUNTIME_OF_BACKEND:
-        flag = " --openvino" if runtime == "openvino" else ""
-        raise UsageError(f"{student_dir} has no usable {runtime} export ({why}): run "
-                         f"`llmdistill export {student_dir}{flag}` or use --backend torch")
+        raise no_export_error(student_dir, runtime, why)
     return "torch"
 
 

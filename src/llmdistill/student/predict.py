@@ -109,9 +109,7 @@ class StudentClassifier:
             if choice is not None:
                 return cls.load_onnx(model_dir, choice, threads, runtime=runtime)
             if backend in RUNTIME_OF_BACKEND:
-                flag = " --openvino" if runtime == "openvino" else ""
-                raise UsageError(f"{model_dir} has no usable {runtime} export ({why}): run "
-                                 f"`llmdistill export {model_dir}{flag}` or use --backend torch")
+                raise no_export_error(model_dir, runtime, why)
             if why != "no export":
                 logger.warning("not using the ONNX export in %s: %s", model_dir, why)
         return cls._load_torch(model_dir, threads, device)
@@ -269,6 +267,13 @@ def check_backend(backend: str) -> None:
     """Refuse an unknown backend name in one line that lists the known ones."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+
+
+def no_export_error(model_dir: Path, runtime: Runtime, why: str) -> UsageError:
+    """The one-line error for a backend that needs an export the folder lacks."""
+    flag, on = (" --openvino", " for OpenVINO") if runtime == "openvino" else ("", "")
+    return UsageError(f"{model_dir} has no usable ONNX export{on} ({why}): run "
+                      f"`llmdistill export {model_dir}{flag}` or use --backend torch")
 
 
 def backend_name(runtime: Runtime, onnx_path: Path) -> str:
