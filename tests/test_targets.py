@@ -46,7 +46,7 @@ def test_teacher_features_keep_ok_rows_in_order_and_follow_their_rationales(
     train = _frame(toy_annotations, 12)
     train["teacher_features"] = [np.full(4, i, dtype=np.float32) for i in range(len(train))]
     train.loc[2, "status"] = "error"
-    feats = teacher_features(train)
+    feats = teacher_features(train, standardize=False)
     assert feats.shape == (11, 4) and feats[2, 0] == 3.0
     cfg = StudentConfig(anchor_size=0, rationale_weight=0.5, feature_loss={"weight": 1.0})
     tr, _, _ = prepare_targets(train, toy_annotations(6, seed=1), LABELS, cfg, None)

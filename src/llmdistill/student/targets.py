@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from llmdistill.annotate import FEATURES_COLUMN
-from llmdistill.config import StudentConfig
+from llmdistill.config import FeatureLossConfig, StudentConfig
 from llmdistill.errors import DataError
 from llmdistill.student.noise import (
     NoiseEstimate,
@@ -259,7 +259,8 @@ def with_rationales(tr: TeacherTargets, train: pd.DataFrame, labels: list[str],
     )
 
 
-def teacher_features(train: pd.DataFrame, standardize: bool = False) -> np.ndarray:
+def teacher_features(train: pd.DataFrame,
+                     standardize: bool = FeatureLossConfig().standardize) -> np.ndarray:
     """(n_ok, d) teacher hidden states of the ok training rows, all of one width; with
     `standardize`, each dimension centred and scaled over these rows (a constant dimension
     becomes 0), so that the feature loss asks for what differs between texts."""
