@@ -220,10 +220,14 @@ def main() -> None:
     table = render(rows, len(texts), gold is not None)
     print()
     print(table)
+    write_result(args, t_start, rows=rows, gate=exported.record, table=table)
+
+
+def write_result(args: argparse.Namespace, t_start: float, **payload: Any) -> None:
+    """`payload` with the arguments, hardware and wall time as JSON at `args.out`."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
-        "gate": exported.record, "table": table, "hardware": hardware(),
+        "args": {k: str(v) for k, v in vars(args).items()}, **payload, "hardware": hardware(),
         "cpu_count": os.cpu_count(), "wall_seconds": time.perf_counter() - t_start,
     }, indent=2, default=str), encoding="utf-8")
     print(f"wrote {args.out}")

@@ -12,17 +12,14 @@ fp32 in the same pass, batch-1 p50 latency).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from quantize import calibration_texts, parity_data, speeds
+from quantize import calibration_texts, parity_data, speeds, write_result
 
 from llmdistill.config import ExportConfig
-from llmdistill.evaluate import hardware
 from llmdistill.student.export import export_student
 from llmdistill.student.predict import FP32_FILE, INT8_FILE, ONNX_DIR, StudentClassifier
 
@@ -74,13 +71,7 @@ def main() -> None:
                      f"{s['ratio_to_fp32']:.2f} | {s['p50_ms_batch1']:.1f} |")
     table = "\n".join(lines)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "speed": speed,
-        "gate": exported.record, "table": table, "hardware": hardware(),
-        "cpu_count": os.cpu_count(), "wall_seconds": time.perf_counter() - t_start,
-    }, indent=2, default=str), encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(args, t_start, speed=speed, gate=exported.record, table=table)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,11 @@ from llmdistill.errors import DataError, UsageError
 from llmdistill.files import atomic_dir, refuse_existing
 from llmdistill.scale.cluster import INSTALL, connect, first_line, require_ray
 from llmdistill.student.predict import (
-    RUNTIME_OF_BACKEND,
     StudentClassifier,
     backend_name,
     check_backend,
     check_model_folder,
-    no_export_error,
-    usable_export,
+    export_for,
 )
 
 SHARD_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -254,13 +252,8 @@ def backend_for(student_dir: Path, backend: str = "auto") -> str:
     check_backend(backend)
     if backend == "torch":
         return "torch"
-    runtime = RUNTIME_OF_BACKEND.get(backend, "onnxruntime")
-    choice, why = usable_export(student_dir, runtime)
-    if choice is not None:
-        return backend_name(runtime, choice)
-    if backend in RUNTIME_OF_BACKEND:
-        raise no_export_error(student_dir, runtime, why)
-    return "torch"
+    choice, runtime, _ = export_for(student_dir, backend)
+    return "torch" if choice is None else backend_name(runtime, choice)
 
 
 def ray_data() -> Any:

@@ -104,12 +104,9 @@ class StudentClassifier:
             return kind_module(record.kind).load(model_dir, threads)
         check_model_folder(model_dir)
         if backend != "torch" and device == "cpu":
-            runtime = RUNTIME_OF_BACKEND.get(backend, "onnxruntime")
-            choice, why = usable_export(model_dir, runtime)
+            choice, runtime, why = export_for(model_dir, backend)
             if choice is not None:
                 return cls.load_onnx(model_dir, choice, threads, runtime=runtime)
-            if backend in RUNTIME_OF_BACKEND:
-                raise no_export_error(model_dir, runtime, why)
             if why != "no export":
                 logger.warning("not using the ONNX export in %s: %s", model_dir, why)
         return cls._load_torch(model_dir, threads, device)
@@ -269,11 +266,16 @@ def check_backend(backend: str) -> None:
         raise UsageError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
 
 
-def no_export_error(model_dir: Path, runtime: Runtime, why: str) -> UsageError:
-    """The one-line error for a backend that needs an export the folder lacks."""
-    flag, on = (" --openvino", " for OpenVINO") if runtime == "openvino" else ("", "")
-    return UsageError(f"{model_dir} has no usable ONNX export{on} ({why}): run "
-                      f"`llmdistill export {model_dir}{flag}` or use --backend torch")
+def export_for(model_dir: Path, backend: str) -> tuple[Path | None, Runtime, str]:
+    """(the ONNX file `backend` runs or None, its runtime, why not): "auto" falls back quietly,
+    "onnx" and "openvino" require a file that passed parity on their runtime (one-line error)."""
+    runtime = RUNTIME_OF_BACKEND.get(backend, "onnxruntime")
+    choice, why = usable_export(model_dir, runtime)
+    if choice is None and backend in RUNTIME_OF_BACKEND:
+        flag, on = (" --openvino", " for OpenVINO") if runtime == "openvino" else ("", "")
+        raise UsageError(f"{model_dir} has no usable ONNX export{on} ({why}): run "
+                         f"`llmdistill export {model_dir}{flag}` or use --backend torch")
+    return choice, runtime, why
 
 
 def backend_name(runtime: Runtime, onnx_path: Path) -> str:
